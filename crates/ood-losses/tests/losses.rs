@@ -1,0 +1,107 @@
+//! Values worked by hand on tiny tensors, and finite-difference gradient checks in f64.
+
+use candle_core::{DType, Device, Tensor, Var};
+use ood_losses::*;
+
+fn t2(v: &[[f64; 3]]) -> Tensor {
+    let flat: Vec<f64> = v.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (v.len(), 3), &Device::Cpu).unwrap()
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+fn targets(v: &[u32]) -> Tensor {
+    Tensor::new(v, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn hand_worked_values() {
+    // Two classes. Row 0: even scores, target 0 (argmax ties go to 0: correct).
+    // Row 1: p = [0.25, 0.75], target 0: wrong.
+    let logits = Tensor::new(&[[0f64, 0.0], [0.0, 3f64.ln()]], &Device::Cpu).unwrap();
+    let t = targets(&[0, 0]);
+    let ln2 = 2f64.ln();
+    let ce = (ln2 + 4f64.ln()) / 2.0;
+    assert!((scalar(&cross_entropy(&logits, &t).unwrap()) - ce).abs() < 1e-12);
+    let pen = (-0.5 * 0.5f64.ln() + -0.75 * 0.25f64.ln()) / 2.0;
+    assert!((scalar(&inverse_focal_penalty(&logits, &t).unwrap()) - pen).abs() < 1e-12);
+    // Only row 1 is wrong: unbiased std of [0.25, 0.75] = sqrt(0.125), averaged over 2 rows.
+    let std = 0.125f64.sqrt() / 2.0;
+    assert!((scalar(&std_loss(&logits, &t, StdSign::Intended).unwrap()) - std).abs() < 1e-9);
+    assert!((scalar(&std_loss(&logits, &t, StdSign::Literal).unwrap()) + std).abs() < 1e-9);
+    let recon = Tensor::new(&[0f64, 1.0], &Device::Cpu).unwrap();
+    let clean = Tensor::new(&[1f64, 1.0], &Device::Cpu).unwrap();
+    assert!((scalar(&denoising_mse(&recon, &clean).unwrap()) - 0.5).abs() < 1e-12);
+
+    let w = LossWeights { k: 2.0, lambda_std: 3.0, lambda_rec: 4.0, std_sign: StdSign::Intended };
+    let terms = objective(&logits, &t, Some((&recon, &clean)), &w).unwrap();
+    let total = ce + 2.0 * pen + 3.0 * std + 4.0 * 0.5;
+    assert!((scalar(&terms.total) - total).abs() < 1e-9);
+}
+
+#[test]
+fn log_one_minus_p_is_exact_when_p_rounds_to_one() {
+    // p_0 = 1 - e^-100 rounds to exactly 1 in f32 and f64; log(1 - p_0) is still about -100.
+    let logits = Tensor::new(&[[100f32, 0.0]], &Device::Cpu).unwrap();
+    let l = log_one_minus_softmax(&logits).unwrap().to_vec2::<f32>().unwrap();
+    assert!((l[0][0] + 100.0).abs() < 1e-3, "{:?}", l);
+    assert!(l[0][1].abs() < 1e-6);
+    // A confident wrong class costs about 100 and has a finite, useful gradient.
+    let v = Var::new(&[[100f32, 0.0]], &Device::Cpu).unwrap();
+    let pen = inverse_focal_penalty(v.as_tensor(), &targets(&[1])).unwrap();
+    assert!((pen.to_scalar::<f32>().unwrap() - 100.0).abs() < 1e-2);
+    let g = pen.backward().unwrap();
+    let g = g.get(&v).unwrap().to_vec2::<f32>().unwrap();
+    assert!(g[0].iter().all(|x| x.is_finite()) && g[0][0] > 0.5, "{g:?}");
+}
+
+/// Checks the analytic gradient of `f` at `x` against central differences.
+fn check_gradient(f: impl Fn(&Tensor) -> Tensor, x: &Tensor) {
+    let var = Var::from_tensor(x).unwrap();
+    let y = f(var.as_tensor());
+    let grads = y.backward().unwrap();
+    let analytic: Vec<f64> = grads.get(&var).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let base: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let h = 1e-6;
+    for i in 0..base.len() {
+        let at = |d: f64| {
+            let mut v = base.clone();
+            v[i] += d;
+            scalar(&f(&Tensor::from_vec(v, x.shape(), &Device::Cpu).unwrap()))
+        };
+        let numeric = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (numeric - analytic[i]).abs() < 1e-6 * (1.0 + numeric.abs()),
+            "element {i}: numeric {numeric}, analytic {}",
+            analytic[i]
+        );
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let logits = t2(&[[0.3, -1.2, 2.0], [1.5, 0.2, -0.7], [0.1, 0.4, 0.35]]);
+    let t = targets(&[2, 1, 0]); // rows 1 and 2 are misclassified
+    check_gradient(|z| cross_entropy(z, &t).unwrap(), &logits);
+    check_gradient(|z| inverse_focal_penalty(z, &t).unwrap(), &logits);
+    check_gradient(|z| std_loss(z, &t, StdSign::Intended).unwrap(), &logits);
+    check_gradient(|z| std_loss(z, &t, StdSign::Literal).unwrap(), &logits);
+    let clean = Tensor::new(&[[0.0f64, 0.5, 1.0]], &Device::Cpu).unwrap();
+    check_gradient(|r| denoising_mse(r, &clean).unwrap(), &t2(&[[0.2, 0.9, 0.4]]));
+    let w = LossWeights::default();
+    check_gradient(|z| objective(z, &t, None, &w).unwrap().total, &logits);
+}
+
+#[test]
+fn std_loss_ignores_correct_samples_and_rewards_even_scores() {
+    let t = targets(&[0]);
+    let correct = t2(&[[3.0, 0.0, 0.0]]);
+    assert_eq!(scalar(&std_loss(&correct, &t, StdSign::Intended).unwrap()), 0.0);
+    let peaked_wrong = t2(&[[0.0, 5.0, 0.0]]);
+    let even_wrong = t2(&[[0.0, 0.1, 0.0]]);
+    let a = scalar(&std_loss(&peaked_wrong, &t, StdSign::Intended).unwrap());
+    let b = scalar(&std_loss(&even_wrong, &t, StdSign::Intended).unwrap());
+    assert!(a > b && b > 0.0);
+}

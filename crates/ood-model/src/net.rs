@@ -1,0 +1,223 @@
+//! The network: a ResNet trunk shared by a classifier head and a denoising decoder head.
+
+use crate::config::ModelConfig;
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{
+    batch_norm, conv2d, conv2d_no_bias, conv_transpose2d_no_bias, linear, BatchNorm,
+    BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Linear,
+    VarBuilder,
+};
+
+fn bn(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
+    batch_norm(channels, BatchNormConfig::default(), vb)
+}
+
+fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        stride,
+        ..Default::default()
+    };
+    conv2d_no_bias(cin, cout, 3, cfg, vb)
+}
+
+/// Two 3x3 convolutions with BatchNorm and ReLU, plus an identity or 1x1-projection shortcut.
+#[derive(Debug, Clone)]
+pub struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    shortcut: Option<(Conv2d, BatchNorm)>,
+}
+
+impl BasicBlock {
+    pub fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let shortcut = if stride != 1 || cin != cout {
+            let cfg = Conv2dConfig {
+                stride,
+                ..Default::default()
+            };
+            Some((
+                conv2d_no_bias(cin, cout, 1, cfg, vb.pp("proj"))?,
+                bn(cout, vb.pp("proj_bn"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: conv3x3(cin, cout, stride, vb.pp("conv1"))?,
+            bn1: bn(cout, vb.pp("bn1"))?,
+            conv2: conv3x3(cout, cout, 1, vb.pp("conv2"))?,
+            bn2: bn(cout, vb.pp("bn2"))?,
+            shortcut,
+        })
+    }
+}
+
+impl ModuleT for BasicBlock {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = x.apply(&self.conv1)?.apply_t(&self.bn1, train)?.relu()?;
+        let y = y.apply(&self.conv2)?.apply_t(&self.bn2, train)?;
+        let skip = match &self.shortcut {
+            Some((conv, norm)) => x.apply(conv)?.apply_t(norm, train)?,
+            None => x.clone(),
+        };
+        (y + skip)?.relu()
+    }
+}
+
+/// 3x3 stride-1 stem (no max-pool: the input is only 28x28), then three stages of width
+/// W, 2W, 4W at full, half and quarter resolution.
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    stem: Conv2d,
+    stem_bn: BatchNorm,
+    blocks: Vec<BasicBlock>,
+}
+
+impl Trunk {
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let w = config.width;
+        let mut blocks = Vec::new();
+        let mut cin = w;
+        for (stage, &n) in config.blocks.iter().enumerate() {
+            let cout = w << stage;
+            for b in 0..n {
+                let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                let name = format!("stage{}.block{}", stage + 1, b + 1);
+                blocks.push(BasicBlock::new(cin, cout, stride, vb.pp(name))?);
+                cin = cout;
+            }
+        }
+        Ok(Self {
+            stem: conv3x3(1, w, 1, vb.pp("stem"))?,
+            stem_bn: bn(w, vb.pp("stem_bn"))?,
+            blocks,
+        })
+    }
+}
+
+impl ModuleT for Trunk {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = x.apply(&self.stem)?.apply_t(&self.stem_bn, train)?.relu()?;
+        for block in &self.blocks {
+            h = h.apply_t(block, train)?;
+        }
+        Ok(h)
+    }
+}
+
+/// Transposed convolutions back to the input size: 4W@7x7 -> 2W@14x14 -> W@28x28 -> 1@28x28,
+/// through a sigmoid into [0, 1]. (Transposed convolutions rather than upsampling: candle
+/// 0.11's nearest upsampling overwrites gradients and its bilinear one has no backward.)
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    up1: ConvTranspose2d,
+    bn1: BatchNorm,
+    up2: ConvTranspose2d,
+    bn2: BatchNorm,
+    out: Conv2d,
+}
+
+impl Decoder {
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let w = config.width;
+        let up = ConvTranspose2dConfig {
+            padding: 1,
+            stride: 2,
+            ..Default::default()
+        };
+        Ok(Self {
+            up1: conv_transpose2d_no_bias(4 * w, 2 * w, 4, up, vb.pp("up1"))?,
+            bn1: bn(2 * w, vb.pp("bn1"))?,
+            up2: conv_transpose2d_no_bias(2 * w, w, 4, up, vb.pp("up2"))?,
+            bn2: bn(w, vb.pp("bn2"))?,
+            out: conv2d(
+                w,
+                1,
+                3,
+                Conv2dConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+                vb.pp("out"),
+            )?,
+        })
+    }
+}
+
+impl ModuleT for Decoder {
+    fn forward_t(&self, features: &Tensor, train: bool) -> Result<Tensor> {
+        let h = features.apply(&self.up1)?.apply_t(&self.bn1, train)?.relu()?;
+        let h = h.apply(&self.up2)?.apply_t(&self.bn2, train)?.relu()?;
+        candle_nn::ops::sigmoid(&h.apply(&self.out)?)
+    }
+}
+
+/// The two heads' outputs for one batch.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// `(N, num_classes)` classifier logits.
+    pub logits: Tensor,
+    /// `(N, feature_dim)` globally average-pooled trunk features (for feature-based detectors).
+    pub pooled: Tensor,
+    /// `(N, 1, 28, 28)` decoder output in [0, 1].
+    pub reconstruction: Tensor,
+}
+
+/// The whole model: trunk, classifier head (global average pool + linear) and decoder head.
+#[derive(Debug, Clone)]
+pub struct OodNet {
+    pub config: ModelConfig,
+    trunk: Trunk,
+    classifier: Linear,
+    decoder: Decoder,
+}
+
+impl OodNet {
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            config: config.clone(),
+            trunk: Trunk::new(config, vb.pp("trunk"))?,
+            classifier: linear(config.feature_dim(), config.num_classes, vb.pp("classifier"))?,
+            decoder: Decoder::new(config, vb.pp("decoder"))?,
+        })
+    }
+
+    /// The trunk's feature map `(N, 4W, 7, 7)`.
+    pub fn features(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        images.apply_t(&self.trunk, train)
+    }
+
+    /// Global average pooling of a feature map: `(N, C, H, W)` -> `(N, C)`.
+    pub fn pool(features: &Tensor) -> Result<Tensor> {
+        features.mean((2, 3))
+    }
+
+    pub fn classify(&self, pooled: &Tensor) -> Result<Tensor> {
+        self.classifier.forward(pooled)
+    }
+
+    pub fn decode(&self, features: &Tensor, train: bool) -> Result<Tensor> {
+        features.apply_t(&self.decoder, train)
+    }
+
+    /// Both heads on the same images.
+    pub fn forward_all(&self, images: &Tensor, train: bool) -> Result<Outputs> {
+        let features = self.features(images, train)?;
+        let pooled = Self::pool(&features)?;
+        Ok(Outputs {
+            logits: self.classify(&pooled)?,
+            reconstruction: self.decode(&features, train)?,
+            pooled,
+        })
+    }
+}
+
+impl ModuleT for OodNet {
+    /// The classifier's logits.
+    fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        self.classify(&Self::pool(&self.features(images, train)?)?)
+    }
+}

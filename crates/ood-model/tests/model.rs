@@ -1,0 +1,127 @@
+use candle_core::{DType, Device, Tensor};
+use ood_model::checkpoint::{file_sha256, save_checkpoint, Checkpoint, CheckpointMeta, FORMAT_VERSION};
+use ood_model::{build, parameter_count, preset, ModelConfig, ModelError};
+
+fn meta(config: &ModelConfig) -> CheckpointMeta {
+    CheckpointMeta {
+        format_version: FORMAT_VERSION,
+        preset: "tiny".into(),
+        model: config.clone(),
+        known_classes: (1..=9).collect(),
+        unknown_classes: vec![0],
+        seed: 3,
+        epoch: 1,
+        batch_in_epoch: 0,
+        step: 10,
+        training: serde_json::json!({"lr": 0.001}),
+        metrics: serde_json::json!({"val_accuracy": 0.5}),
+        producer: "test".into(),
+    }
+}
+
+fn all_values(varmap: &candle_nn::VarMap) -> Vec<(String, Vec<f32>)> {
+    let vars = varmap.data().lock().unwrap();
+    let mut v: Vec<_> = vars
+        .iter()
+        .map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn parameter_count_matches_the_pytorch_reference() {
+    // torch_ref.py: W=16, two blocks per stage, 10 outputs: 0.216 M parameters.
+    let (vm, _) = build(&ModelConfig::new(16, [2, 2, 2], 10), &Device::Cpu, 0).unwrap();
+    let n = parameter_count(&vm);
+    assert!((215_500..216_500).contains(&n), "{n}");
+}
+
+#[test]
+fn shapes_and_seeded_init() {
+    let config = preset("tiny", 9).unwrap();
+    let (a, net) = build(&config, &Device::Cpu, 5).unwrap();
+    let (b, _) = build(&config, &Device::Cpu, 5).unwrap();
+    let (c, _) = build(&config, &Device::Cpu, 6).unwrap();
+    assert_eq!(all_values(&a), all_values(&b));
+    assert_ne!(all_values(&a), all_values(&c));
+    let x = Tensor::rand(0f32, 1f32, (3, 1, 28, 28), &Device::Cpu).unwrap();
+    let out = net.forward_all(&x, true).unwrap();
+    assert_eq!(out.logits.dims(), &[3, 9]);
+    assert_eq!(out.pooled.dims(), &[3, 16]);
+    assert_eq!(out.reconstruction.dims(), &[3, 1, 28, 28]);
+    let r = out.reconstruction.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(r.iter().all(|v| (0.0..=1.0).contains(v)));
+}
+
+#[test]
+fn checkpoint_round_trips_bit_exactly() {
+    let config = preset("tiny", 9).unwrap();
+    let (vm, net) = build(&config, &Device::Cpu, 1).unwrap();
+    // Move the BatchNorm running statistics away from their initial values.
+    let x = Tensor::rand(0f32, 1f32, (4, 1, 28, 28), &Device::Cpu).unwrap();
+    net.forward_all(&x, true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let extra = vec![("m.w".to_string(), Tensor::ones(3, DType::F32, &Device::Cpu).unwrap())];
+    save_checkpoint(&path, &meta(&config), &vm, &extra).unwrap();
+    let ck = Checkpoint::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(ck.meta, meta(&config));
+    assert_eq!(Checkpoint::read_meta(&path).unwrap(), meta(&config));
+    let (vm2, net2) = ck.build_model(&path, &Device::Cpu).unwrap();
+    assert_eq!(all_values(&vm), all_values(&vm2));
+    let y1 = net.forward_all(&x, false).unwrap().logits.to_vec2::<f32>().unwrap();
+    let y2 = net2.forward_all(&x, false).unwrap().logits.to_vec2::<f32>().unwrap();
+    assert_eq!(y1, y2);
+    assert_eq!(ck.optimizer_state().len(), 1);
+    assert_eq!(file_sha256(&path).unwrap().len(), 64);
+}
+
+fn load_err(path: &std::path::Path) -> String {
+    match Checkpoint::load(path, &Device::Cpu) {
+        Err(e @ ModelError::Checkpoint { .. }) => e.to_string(),
+        Err(e) => panic!("wrong error kind: {e}"),
+        Ok(_) => panic!("{} loaded", path.display()),
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_rejected_with_clear_errors() {
+    let config = preset("tiny", 9).unwrap();
+    let (vm, _) = build(&config, &Device::Cpu, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    save_checkpoint(&good, &meta(&config), &vm, &[]).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+    let msg = load_err(&truncated);
+    assert!(msg.contains("truncated.safetensors") && msg.contains("not a valid safetensors"), "{msg}");
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello, I am not a checkpoint").unwrap();
+    assert!(load_err(&text).contains("not a valid safetensors"));
+
+    let plain = dir.path().join("plain.safetensors");
+    vm.save(&plain).unwrap();
+    assert!(load_err(&plain).contains("not a candle-ood checkpoint"));
+
+    assert!(load_err(&dir.path().join("absent.safetensors")).contains("absent.safetensors"));
+
+    // A checkpoint of another configuration cannot be loaded into this one.
+    let other = preset("small", 9).unwrap();
+    let (vm_other, _) = build(&other, &Device::Cpu, 1).unwrap();
+    let mut lying = meta(&config);
+    lying.model = config.clone();
+    let mismatched = dir.path().join("mismatched.safetensors");
+    save_checkpoint(&mismatched, &lying, &vm_other, &[]).unwrap();
+    let ck = Checkpoint::load(&mismatched, &Device::Cpu).unwrap();
+    let err = ck.build_model(&mismatched, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("shape") || err.contains("another model configuration"), "{err}");
+    let (vm_tiny, _) = build(&config, &Device::Cpu, 1).unwrap();
+    let ck_small = Checkpoint::load(&good, &Device::Cpu).unwrap();
+    let (vm_small, _) = build(&other, &Device::Cpu, 1).unwrap();
+    assert!(ck_small.load_into(&good, &vm_small).is_err());
+    assert!(ck_small.load_into(&good, &vm_tiny).is_ok());
+}

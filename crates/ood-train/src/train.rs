@@ -1,0 +1,350 @@
+//! The training loop: the classifier sees the clean batch, the decoder sees a noised copy, both
+//! through the shared trunk in one forward pass; one backward of the summed objective.
+
+use crate::infer::{accuracy, infer};
+use crate::optim::{AdamW, AdamWConfig, Schedule};
+use crate::{Result, TrainError};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use ood_data::batch::{stream_rng, to_unit_f32, Batcher};
+use ood_data::noise::{corrupt_batch, NoiseConfig};
+use ood_data::{ClassSpec, Splits};
+use ood_losses::{objective, LossWeights};
+use ood_model::checkpoint::{save_checkpoint, Checkpoint, CheckpointMeta, FORMAT_VERSION};
+use ood_model::{ModelConfig, OodNet};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// The checkpoint's file name inside a run folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The per-epoch metrics (JSON lines) inside a run folder.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+const NOISE_STREAM: u64 = 2;
+
+/// Every training argument; stored in the checkpoint so that later stages and `--resume`
+/// see exactly what was asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub preset: String,
+    pub model: ModelConfig,
+    pub known_classes: Vec<u8>,
+    pub unknown_classes: Vec<u8>,
+    pub validation_size: usize,
+    pub limit: Option<usize>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub learning_rate: f64,
+    pub warmup_steps: u64,
+    /// The learning rate at the end, as a fraction of the peak.
+    pub final_lr_ratio: f64,
+    pub adamw: AdamWConfig,
+    pub seed: u64,
+    pub loss: LossWeights,
+    pub noise: NoiseConfig,
+    /// Train the decoder head (off for the "no decoder" ablation).
+    pub train_decoder: bool,
+}
+
+impl TrainConfig {
+    /// The defaults for a preset and class split.
+    pub fn new(preset: &str, classes: &ClassSpec) -> Result<Self> {
+        Ok(Self {
+            preset: preset.to_string(),
+            model: ood_model::preset(preset, classes.num_known())?,
+            known_classes: classes.known.clone(),
+            unknown_classes: classes.unknown.clone(),
+            validation_size: 5000,
+            limit: None,
+            epochs: 4,
+            batch_size: 64,
+            eval_batch_size: 500,
+            learning_rate: 2e-3,
+            warmup_steps: 200,
+            final_lr_ratio: 0.01,
+            adamw: AdamWConfig::default(),
+            seed: 0,
+            loss: LossWeights::default(),
+            noise: NoiseConfig::default(),
+            train_decoder: true,
+        })
+    }
+
+    pub fn classes(&self) -> ClassSpec {
+        ClassSpec {
+            known: self.known_classes.clone(),
+            unknown: self.unknown_classes.clone(),
+        }
+    }
+}
+
+/// One epoch's line in `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub step: u64,
+    pub learning_rate: f64,
+    pub loss: f64,
+    pub cross_entropy: f64,
+    pub inverse_focal: f64,
+    pub std: f64,
+    pub denoising: f64,
+    pub train_accuracy: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// How a call to [`train`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Finished,
+    /// Stopped by the interrupt flag; the checkpoint holds the state to resume from.
+    Interrupted,
+}
+
+/// What a training run leaves behind.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub outcome: Outcome,
+    pub checkpoint: PathBuf,
+    pub history: Vec<EpochMetrics>,
+}
+
+/// Trains into `out_dir` (created if needed), from scratch or, with `resume`, from the
+/// checkpoint already there. `interrupt` is polled between batches.
+pub fn train(
+    config: &TrainConfig,
+    splits: &Splits,
+    device: &Device,
+    out_dir: &Path,
+    resume: bool,
+    interrupt: &AtomicBool,
+) -> Result<TrainSummary> {
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::Io(out_dir.to_path_buf(), e))?;
+    let checkpoint_path = out_dir.join(CHECKPOINT_FILE);
+    let metrics_path = out_dir.join(METRICS_FILE);
+    let classes = config.classes();
+    let (varmap, net) = ood_model::build(&config.model, device, config.seed)?;
+    let mut opt = AdamW::new(&varmap, config.adamw)?;
+    let (mut epoch, mut first_batch, mut history) = (0, 0, Vec::new());
+    if resume {
+        let ck = Checkpoint::load(&checkpoint_path, device)?;
+        let saved: TrainConfig = serde_json::from_value(ck.meta.training.clone()).map_err(|e| {
+            TrainError::Resume(format!("{}: unreadable training arguments: {e}", checkpoint_path.display()))
+        })?;
+        if saved != *config {
+            return Err(TrainError::Resume(format!(
+                "{} was trained with other arguments; resume with the same ones.\n saved: {}\n given: {}",
+                checkpoint_path.display(),
+                serde_json::to_string(&saved).unwrap_or_default(),
+                serde_json::to_string(config).unwrap_or_default()
+            )));
+        }
+        ck.load_into(&checkpoint_path, &varmap)?;
+        opt.load_state(&ck.optimizer_state(), ck.meta.step)?;
+        epoch = ck.meta.epoch;
+        first_batch = ck.meta.batch_in_epoch;
+        history = read_history(&metrics_path)?;
+        history.truncate(epoch);
+        tracing::info!(epoch, batch = first_batch, "resuming from {}", checkpoint_path.display());
+    }
+
+    let batcher = Batcher::new(&splits.train, &classes, config.batch_size)?.shuffled(config.seed);
+    let batches = batcher.num_batches();
+    if batches == 0 {
+        return Err(TrainError::Config(format!(
+            "{} training images do not fill one batch of {}",
+            splits.train.len(),
+            config.batch_size
+        )));
+    }
+    let schedule = Schedule {
+        peak: config.learning_rate,
+        warmup_steps: config.warmup_steps.min((batches * config.epochs) as u64 / 10).max(1),
+        total_steps: (batches * config.epochs) as u64,
+        final_ratio: config.final_lr_ratio,
+    };
+    let val_pixels = to_unit_f32(&splits.validation);
+    let val_targets: Vec<u32> = splits
+        .validation
+        .labels
+        .iter()
+        .map(|&l| classes.class_index(l).expect("validation holds known classes") as u32)
+        .collect();
+    let side = config.model.image_size;
+
+    while epoch < config.epochs {
+        let order = batcher.order(epoch);
+        let bar = progress_bar(batches as u64, epoch, config.epochs);
+        bar.set_position(first_batch as u64);
+        let started = Instant::now();
+        let mut sums = Sums::default();
+        for b in first_batch..batches {
+            let batch = batcher.batch(&order, b, device)?;
+            let n = batch.class_indices.len();
+            let lr = schedule.at(opt.step);
+            let (terms, logits) = if config.train_decoder {
+                let mut noised = batch.pixels.clone();
+                let mut rng = stream_rng(config.seed, NOISE_STREAM, (epoch * batches + b) as u64);
+                corrupt_batch(&mut noised, side, side, &config.noise, &mut rng);
+                let noised = Tensor::from_vec(noised, (n, 1, side, side), device)?;
+                let both = Tensor::cat(&[&batch.images, &noised], 0)?;
+                let features = net.features(&both, true)?;
+                let logits = net.classify(&OodNet::pool(&features.narrow(0, 0, n)?)?)?;
+                let recon = net.decode(&features.narrow(0, n, n)?, true)?;
+                let terms = objective(&logits, &batch.targets, Some((&recon, &batch.images)), &config.loss)?;
+                (terms, logits)
+            } else {
+                let logits = net.classify(&OodNet::pool(&net.features(&batch.images, true)?)?)?;
+                (objective(&logits, &batch.targets, None, &config.loss)?, logits)
+            };
+            let total = terms.total.to_scalar::<f32>()?;
+            if !total.is_finite() {
+                bar.abandon();
+                return Err(TrainError::NonFinite {
+                    epoch: epoch + 1,
+                    batch: b,
+                    checkpoint: checkpoint_path.clone(),
+                });
+            }
+            opt.backward_step(&terms.total, lr)?;
+            sums.add(&terms, &logits, &batch.class_indices, total)?;
+            let ips = sums.images as f64 / started.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4} ce {:.4} focal {:.4} std {:.4} den {:.4} | {ips:.0} img/s",
+                sums.mean(sums.loss), sums.mean(sums.ce), sums.mean(sums.focal), sums.mean(sums.std), sums.mean(sums.den)
+            ));
+            bar.inc(1);
+            if interrupt.load(Ordering::SeqCst) && b + 1 < batches {
+                bar.abandon_with_message("interrupted: saving a checkpoint");
+                let meta = meta_for(config, epoch, b + 1, opt.step, history.last());
+                save_checkpoint(&checkpoint_path, &meta, &varmap, &opt.state())?;
+                return Ok(TrainSummary { outcome: Outcome::Interrupted, checkpoint: checkpoint_path, history });
+            }
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        let val = infer(&net, &val_pixels, None, false, config.eval_batch_size, device)?;
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            step: opt.step,
+            learning_rate: schedule.at(opt.step.saturating_sub(1)),
+            loss: sums.mean(sums.loss),
+            cross_entropy: sums.mean(sums.ce),
+            inverse_focal: sums.mean(sums.focal),
+            std: sums.mean(sums.std),
+            denoising: sums.mean(sums.den),
+            train_accuracy: sums.correct as f64 / sums.images.max(1) as f64,
+            val_accuracy: accuracy(&val.predictions(), &val_targets),
+            seconds: train_seconds,
+            images_per_second: sums.images as f64 / train_seconds,
+        };
+        bar.finish_with_message(format!(
+            "loss {:.4} | val accuracy {:.2}% | {:.0} img/s",
+            metrics.loss,
+            100.0 * metrics.val_accuracy,
+            metrics.images_per_second
+        ));
+        tracing::info!(epoch = metrics.epoch, loss = metrics.loss, val_accuracy = metrics.val_accuracy, seconds = metrics.seconds, "epoch done");
+        history.push(metrics);
+        epoch += 1;
+        first_batch = 0;
+        write_history(&metrics_path, &history)?;
+        let meta = meta_for(config, epoch, 0, opt.step, history.last());
+        save_checkpoint(&checkpoint_path, &meta, &varmap, &opt.state())?;
+        if interrupt.load(Ordering::SeqCst) && epoch < config.epochs {
+            return Ok(TrainSummary { outcome: Outcome::Interrupted, checkpoint: checkpoint_path, history });
+        }
+    }
+    Ok(TrainSummary { outcome: Outcome::Finished, checkpoint: checkpoint_path, history })
+}
+
+fn meta_for(config: &TrainConfig, epoch: usize, batch: usize, step: u64, last: Option<&EpochMetrics>) -> CheckpointMeta {
+    CheckpointMeta {
+        format_version: FORMAT_VERSION,
+        preset: config.preset.clone(),
+        model: config.model.clone(),
+        known_classes: config.known_classes.clone(),
+        unknown_classes: config.unknown_classes.clone(),
+        seed: config.seed,
+        epoch,
+        batch_in_epoch: batch,
+        step,
+        training: serde_json::to_value(config).expect("the config serialises"),
+        metrics: serde_json::to_value(last).expect("metrics serialise"),
+        producer: concat!("candle-ood ", env!("CARGO_PKG_VERSION")).to_string(),
+    }
+}
+
+fn progress_bar(len: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "epoch {}/{epochs} {{bar:30}} {{pos}}/{{len}} [{{elapsed}}<{{eta}}] {{msg}}",
+            epoch + 1
+        ))
+        .expect("the template is valid"),
+    );
+    bar
+}
+
+#[derive(Default)]
+struct Sums {
+    loss: f64,
+    ce: f64,
+    focal: f64,
+    std: f64,
+    den: f64,
+    batches: usize,
+    images: usize,
+    correct: usize,
+}
+
+impl Sums {
+    fn add(&mut self, t: &ood_losses::LossTerms, logits: &Tensor, targets: &[u32], total: f32) -> candle_core::Result<()> {
+        self.loss += total as f64;
+        self.ce += t.cross_entropy.to_scalar::<f32>()? as f64;
+        self.focal += t.inverse_focal.to_scalar::<f32>()? as f64;
+        self.std += t.std.to_scalar::<f32>()? as f64;
+        if let Some(d) = &t.denoising {
+            self.den += d.to_scalar::<f32>()? as f64;
+        }
+        let pred = logits.argmax(1)?.to_vec1::<u32>()?;
+        self.correct += pred.iter().zip(targets).filter(|(p, t)| p == t).count();
+        self.batches += 1;
+        self.images += targets.len();
+        Ok(())
+    }
+
+    fn mean(&self, v: f64) -> f64 {
+        v / self.batches.max(1) as f64
+    }
+}
+
+/// Reads `metrics.jsonl` (an absent file is an empty history).
+pub fn read_history(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::Io(path.to_path_buf(), e)),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| TrainError::Config(format!("{} line {}: {e}", path.display(), i + 1)))
+        })
+        .collect()
+}
+
+fn write_history(path: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let mut text = String::new();
+    for m in history {
+        text.push_str(&serde_json::to_string(m).expect("metrics serialise"));
+        text.push('\n');
+    }
+    ood_data::atomic::write_atomic(path, text.as_bytes()).map_err(|e| TrainError::Io(path.to_path_buf(), e))
+}
