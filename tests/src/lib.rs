@@ -1,1 +1,29 @@
-//! e2e
+//! Shared helpers of the end-to-end tests: finding the real MNIST and loading it once.
+
+use ood_data::source::{resolve_data_root, MNIST};
+use ood_data::{DatasetDir, LabeledImages, Split};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The data root holding `mnist/`: `$OOD_DATA_DIR`, else `../shared/data` beside the checkout.
+pub fn data_root() -> Option<PathBuf> {
+    let from_env = resolve_data_root(None);
+    let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    [from_env, beside].into_iter().find(|p| p.join(MNIST).is_dir())
+}
+
+/// MNIST's train and test splits, loaded once per test binary; `None` (with the reason
+/// printed) when the data is absent.
+pub fn mnist() -> Option<&'static (LabeledImages, LabeledImages)> {
+    static DATA: OnceLock<Option<(LabeledImages, LabeledImages)>> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let Some(root) = data_root() else {
+            eprintln!("SKIPPED: no MNIST found (set OOD_DATA_DIR to a root holding mnist/)");
+            return None;
+        };
+        ood_model::configure_threads(None);
+        let dir = DatasetDir::in_root(&root, MNIST).unwrap();
+        Some((dir.load(Split::Train).unwrap(), dir.load(Split::Test).unwrap()))
+    })
+    .as_ref()
+}

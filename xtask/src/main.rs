@@ -1,1 +1,94 @@
-fn main() {}
+//! Project workflows: `cargo xtask <task>`. Each task runs the `ood` binary in a release
+//! build (candle is about ten times slower unoptimised) with the project's defaults.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const USAGE: &str = "usage: cargo xtask <task> [args...]
+
+tasks:
+  train [ARGS]      train the default model into runs/default (ARGS go to `ood train`)
+  data-info [ARGS]  print counts and split sizes of the data (`ood data-info`)
+  fetch-data        download MNIST from the Hugging Face hub into assets/data/mnist
+  presets           list the model presets
+  inspect [CKPT]    describe a checkpoint (default runs/default/checkpoint.safetensors)
+  ci                run what CI runs (.ci/run)
+
+Data: --data-dir DIR, or OOD_DATA_DIR, else assets/data.";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Runs `cargo run --release -p ood-cli [--features F] -- ARGS` from the workspace root.
+fn ood(features: &[&str], args: &[String]) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root())
+        .args(["run", "--quiet", "--release", "--package", "ood-cli", "--bin", "ood"]);
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    cmd.arg("--").args(args);
+    let status = cmd.status().context("running cargo")?;
+    if !status.success() {
+        bail!("`ood {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn with_default(args: &[String], flag: &str, value: &str) -> Vec<String> {
+    let mut out = args.to_vec();
+    if !args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+        out.extend([flag.to_string(), value.to_string()]);
+    }
+    out
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let default_checkpoint = "runs/default/checkpoint.safetensors".to_string();
+    match task.as_str() {
+        "train" => {
+            let mut a = vec!["train".to_string()];
+            a.extend(with_default(rest, "--out", "runs/default"));
+            ood(&[], &a)
+        }
+        "data-info" | "presets" => {
+            let mut a = vec![task.clone()];
+            a.extend(rest.iter().cloned());
+            ood(&[], &a)
+        }
+        "fetch-data" => {
+            let mut a = vec!["fetch-data".to_string()];
+            a.extend(with_default(rest, "--data-dir", "assets/data"));
+            ood(&["hub"], &a)
+        }
+        "inspect" => {
+            let ckpt = rest.first().cloned().unwrap_or(default_checkpoint);
+            ood(&[], &["inspect".to_string(), ckpt])
+        }
+        "ci" => {
+            let status = Command::new("bash")
+                .arg(".ci/run")
+                .current_dir(workspace_root())
+                .status()?;
+            if !status.success() {
+                bail!(".ci/run failed ({status})");
+            }
+            Ok(())
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task {other:?}\n\n{USAGE}"),
+    }
+}

@@ -26,10 +26,11 @@ pub mod config;
 pub mod device;
 pub mod init;
 pub mod net;
+pub mod ops;
 
 pub use checkpoint::{save_checkpoint, Checkpoint, CheckpointMeta};
 pub use config::{preset, ModelConfig, Preset, PRESETS};
-pub use device::{configure_threads, DeviceChoice};
+pub use device::{configure_threads, tune_allocator, DeviceChoice};
 pub use net::{OodNet, Outputs};
 
 use candle_core::{DType, Device};

@@ -2,23 +2,15 @@
 
 use crate::config::ModelConfig;
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{
-    batch_norm, conv2d, conv2d_no_bias, conv_transpose2d_no_bias, linear, BatchNorm,
-    BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Linear,
-    VarBuilder,
-};
+use crate::ops::conv::{Conv2d, ConvTranspose2d};
+use candle_nn::{batch_norm, linear, BatchNorm, BatchNormConfig, Linear, VarBuilder};
 
 fn bn(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
     batch_norm(channels, BatchNormConfig::default(), vb)
 }
 
 fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        stride,
-        ..Default::default()
-    };
-    conv2d_no_bias(cin, cout, 3, cfg, vb)
+    Conv2d::new(cin, cout, 3, stride, 1, false, vb)
 }
 
 /// Two 3x3 convolutions with BatchNorm and ReLU, plus an identity or 1x1-projection shortcut.
@@ -34,12 +26,8 @@ pub struct BasicBlock {
 impl BasicBlock {
     pub fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         let shortcut = if stride != 1 || cin != cout {
-            let cfg = Conv2dConfig {
-                stride,
-                ..Default::default()
-            };
             Some((
-                conv2d_no_bias(cin, cout, 1, cfg, vb.pp("proj"))?,
+                Conv2d::new(cin, cout, 1, stride, 0, false, vb.pp("proj"))?,
                 bn(cout, vb.pp("proj_bn"))?,
             ))
         } else {
@@ -123,26 +111,12 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let w = config.width;
-        let up = ConvTranspose2dConfig {
-            padding: 1,
-            stride: 2,
-            ..Default::default()
-        };
         Ok(Self {
-            up1: conv_transpose2d_no_bias(4 * w, 2 * w, 4, up, vb.pp("up1"))?,
+            up1: ConvTranspose2d::new(4 * w, 2 * w, 4, 2, 1, vb.pp("up1"))?,
             bn1: bn(2 * w, vb.pp("bn1"))?,
-            up2: conv_transpose2d_no_bias(2 * w, w, 4, up, vb.pp("up2"))?,
+            up2: ConvTranspose2d::new(2 * w, w, 4, 2, 1, vb.pp("up2"))?,
             bn2: bn(w, vb.pp("bn2"))?,
-            out: conv2d(
-                w,
-                1,
-                3,
-                Conv2dConfig {
-                    padding: 1,
-                    ..Default::default()
-                },
-                vb.pp("out"),
-            )?,
+            out: Conv2d::new(w, 1, 3, 1, 1, true, vb.pp("out"))?,
         })
     }
 }

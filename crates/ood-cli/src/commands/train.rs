@@ -1,0 +1,160 @@
+use crate::DataArgs;
+use anyhow::{Context, Result};
+use ood_data::{ClassSpec, SplitConfig, Splits};
+use ood_losses::StdSign;
+use ood_model::DeviceChoice;
+use ood_train::{train, Outcome, TrainConfig};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by Ctrl-C; the training loop saves a checkpoint and stops.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Run folder for the checkpoint and metrics.
+    #[arg(long, default_value = "runs/default")]
+    pub out: PathBuf,
+    /// Continue from OUT/checkpoint.safetensors (same arguments as the first run).
+    #[arg(long)]
+    pub resume: bool,
+    /// Model preset (see `ood presets`).
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// cpu, cuda, cuda:N, metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate (after warm-up; cosine decay follows).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use only the first N images of each split.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Weight k of the inverse-focal penalty (Eq. 3).
+    #[arg(long)]
+    pub k: Option<f64>,
+    /// Weight of the std loss (Eq. 4).
+    #[arg(long)]
+    pub lambda_std: Option<f64>,
+    /// Sign of the std loss: intended (even scores) or literal (as printed).
+    #[arg(long, value_enum)]
+    pub std_sign: Option<StdSignArg>,
+    /// Weight of the denoising loss (Eq. 2).
+    #[arg(long)]
+    pub lambda_rec: Option<f64>,
+    /// Do not train the decoder head.
+    #[arg(long)]
+    pub no_decoder: bool,
+    /// Std of the Gaussian noise for the denoiser.
+    #[arg(long)]
+    pub noise_sigma: Option<f32>,
+    /// Known digits, comma-separated (default 1-9).
+    #[arg(long, value_delimiter = ',')]
+    pub known: Option<Vec<u8>>,
+    /// Unknown digits, comma-separated (default 0).
+    #[arg(long, value_delimiter = ',')]
+    pub unknown: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StdSignArg {
+    Intended,
+    Literal,
+}
+
+impl TrainArgs {
+    /// The training configuration these flags ask for.
+    pub fn config(&self) -> Result<TrainConfig> {
+        let default = ClassSpec::default();
+        let classes = ClassSpec::new(
+            self.known.clone().unwrap_or(default.known),
+            self.unknown.clone().unwrap_or(default.unknown),
+        )?;
+        let mut c = TrainConfig::new(&self.preset, &classes)?;
+        c.seed = self.seed;
+        c.limit = self.limit;
+        c.train_decoder = !self.no_decoder;
+        macro_rules! set {
+            ($($field:expr => $flag:expr),* $(,)?) => { $(if let Some(v) = $flag { $field = v; })* };
+        }
+        set!(
+            c.epochs => self.epochs,
+            c.batch_size => self.batch_size,
+            c.learning_rate => self.lr,
+            c.warmup_steps => self.warmup_steps,
+            c.adamw.weight_decay => self.weight_decay,
+            c.loss.k => self.k,
+            c.loss.lambda_std => self.lambda_std,
+            c.loss.lambda_rec => self.lambda_rec,
+            c.noise.sigma => self.noise_sigma,
+        );
+        if let Some(sign) = self.std_sign {
+            c.loss.std_sign = match sign {
+                StdSignArg::Intended => StdSign::Intended,
+                StdSignArg::Literal => StdSign::Literal,
+            };
+        }
+        anyhow::ensure!(c.epochs > 0 && c.batch_size > 0, "epochs and batch size must be positive");
+        Ok(c)
+    }
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let config = args.config()?;
+    let device = args.device.open()?;
+    let (train_set, test_set) = super::data::load_mnist(&args.data)?;
+    let split = SplitConfig {
+        classes: config.classes(),
+        validation_size: config.validation_size,
+        seed: config.seed,
+        limit: config.limit,
+    };
+    let splits = Splits::new(&train_set, &test_set, &split)?;
+    // A second registration (tests run several trainings in one process) is not an error.
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    eprintln!(
+        "training preset {} on {} images ({} validation), {} epochs, batch {}, device {}, {} threads -> {}",
+        config.preset,
+        splits.train.len(),
+        splits.validation.len(),
+        config.epochs,
+        config.batch_size,
+        args.device,
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
+        args.out.display()
+    );
+    let started = std::time::Instant::now();
+    let summary = train(&config, &splits, &device, &args.out, args.resume, &INTERRUPTED)
+        .with_context(|| format!("training into {}", args.out.display()))?;
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    match summary.outcome {
+        Outcome::Finished => {
+            if let Some(last) = summary.history.last() {
+                println!(
+                    "done in {minutes:.1} min: epoch {} validation accuracy {:.2}%, checkpoint {}",
+                    last.epoch,
+                    100.0 * last.val_accuracy,
+                    summary.checkpoint.display()
+                );
+            }
+            Ok(())
+        }
+        Outcome::Interrupted => {
+            println!("interrupted after {minutes:.1} min; resume with --resume: {}", summary.checkpoint.display());
+            anyhow::bail!("interrupted")
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! Convolution and transposed convolution through im2col and GEMM, forward and backward.
+//!
+//! Three kernels do all the work, each a candle `CustomOp2` on contiguous f32 CPU tensors:
+//!
+//! * [`ConvForward`] `(x, w) -> y`: per image, `y = W · im2col(x)`;
+//! * [`ConvBackwardData`] `(dy, w) -> dx`: per image, `dx = col2im(Wᵀ · dy)`. This is also the
+//!   forward of a transposed convolution, whose weight layout `(in, out, k, k)` is exactly a
+//!   convolution weight `(out, in, k, k)` read the other way;
+//! * [`ConvBackwardFilter`] `(x, dy) -> dw`: `dw = Σ_images dy · im2col(x)ᵀ`.
+//!
+//! Each op's backward is built from the other two, so both layers train. Images are spread
+//! over the rayon pool (one GEMM per image, each on one thread) and per-thread buffers are
+//! reused, which keeps both cores busy without sharing cache lines.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+/// Sizes of one convolution, seen from the convolution's side (input -> output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn col_rows(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+    fn out_pixels(&self) -> usize {
+        self.ho * self.wo
+    }
+    fn in_pixels(&self) -> usize {
+        self.h * self.w
+    }
+    /// A 1x1, stride-1, unpadded convolution needs no im2col: the image is its own column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+}
+
+/// The range of output columns `ox` whose input column `ox * stride + kj - pad` is inside
+/// `0..w`.
+fn valid_range(out: usize, stride: usize, offset: isize, size: usize) -> (usize, usize) {
+    // need 0 <= ox * stride + offset < size
+    let lo = if offset >= 0 {
+        0
+    } else {
+        ((-offset) as usize).div_ceil(stride)
+    };
+    let hi = if (size as isize) - offset <= 0 {
+        0
+    } else {
+        (((size as isize - offset) as usize).div_ceil(stride)).min(out)
+    };
+    (lo.min(hi), hi)
+}
+
+/// Column matrix `(cin * k * k, ho * wo)` of one image `(cin, h, w)`.
+fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
+    let (k, s, howo) = (g.k, g.stride, g.out_pixels());
+    for c in 0..g.cin {
+        let plane = &x[c * g.in_pixels()..(c + 1) * g.in_pixels()];
+        for ki in 0..k {
+            let (oy_lo, oy_hi) = valid_range(g.ho, s, ki as isize - g.pad as isize, g.h);
+            for kj in 0..k {
+                let row = (c * k + ki) * k + kj;
+                let dst = &mut col[row * howo..(row + 1) * howo];
+                let offset = kj as isize - g.pad as isize;
+                let (ox_lo, ox_hi) = valid_range(g.wo, s, offset, g.w);
+                dst[..oy_lo * g.wo].fill(0.0);
+                dst[oy_hi * g.wo..].fill(0.0);
+                for oy in oy_lo..oy_hi {
+                    let iy = oy * s + ki - g.pad;
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    let line = &mut dst[oy * g.wo..(oy + 1) * g.wo];
+                    line[..ox_lo].fill(0.0);
+                    line[ox_hi..].fill(0.0);
+                    if s == 1 {
+                        let start = (ox_lo as isize + offset) as usize;
+                        line[ox_lo..ox_hi].copy_from_slice(&src[start..start + ox_hi - ox_lo]);
+                    } else {
+                        for ox in ox_lo..ox_hi {
+                            line[ox] = src[(ox as isize * s as isize + offset) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds a column matrix back onto one image `(cin, h, w)` (the adjoint of [`im2col`]).
+fn col2im(col: &[f32], g: &Geometry, x: &mut [f32]) {
+    let (k, s, howo) = (g.k, g.stride, g.out_pixels());
+    for c in 0..g.cin {
+        let plane = &mut x[c * g.in_pixels()..(c + 1) * g.in_pixels()];
+        for ki in 0..k {
+            let (oy_lo, oy_hi) = valid_range(g.ho, s, ki as isize - g.pad as isize, g.h);
+            for kj in 0..k {
+                let row = (c * k + ki) * k + kj;
+                let src = &col[row * howo..(row + 1) * howo];
+                let offset = kj as isize - g.pad as isize;
+                let (ox_lo, ox_hi) = valid_range(g.wo, s, offset, g.w);
+                for oy in oy_lo..oy_hi {
+                    let iy = oy * s + ki - g.pad;
+                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let line = &src[oy * g.wo..(oy + 1) * g.wo];
+                    for ox in ox_lo..ox_hi {
+                        dst[(ox as isize * s as isize + offset) as usize] += line[ox];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst (m x n) = [dst +] lhs (m x k) · rhs (k x n)` with explicit row/column strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallel: bool,
+) {
+    debug_assert!(dst.len() >= m * n);
+    debug_assert!(lhs.len() >= (m - 1) * lhs_rs + (k - 1) * lhs_cs + 1);
+    debug_assert!(rhs.len() >= (k - 1) * rhs_rs + (n - 1) * rhs_cs + 1);
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the slices cover every element the strides address (checked above in debug
+    // builds, and guaranteed by the geometry in the callers); dst does not alias lhs or rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Runs `per_image(image_index, scratch)` over all images: images spread over the thread
+/// pool when there are enough, otherwise one image at a time with a parallel GEMM inside.
+/// Returns whether each GEMM should itself be parallel.
+fn images_in_parallel(n: usize) -> bool {
+    n >= rayon::current_num_threads()
+}
+
+fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    let (howo, kk) = (g.out_pixels(), g.col_rows());
+    let mut y = vec![0f32; g.n * g.cout * howo];
+    let across = images_in_parallel(g.n);
+    let work = |(i, y_img): (usize, &mut [f32]), col: &mut Vec<f32>| {
+        let x_img = &x[i * g.cin * g.in_pixels()..(i + 1) * g.cin * g.in_pixels()];
+        let cols: &[f32] = if g.is_pointwise() {
+            x_img
+        } else {
+            col.resize(kk * howo, 0.0);
+            im2col(x_img, g, col);
+            col
+        };
+        matmul((g.cout, howo, kk), y_img, false, w, (kk, 1), cols, (howo, 1), !across);
+    };
+    if across {
+        y.par_chunks_mut(g.cout * howo)
+            .enumerate()
+            .for_each_init(Vec::new, |col, item| work(item, col));
+    } else {
+        let mut col = Vec::new();
+        y.chunks_mut(g.cout * howo).enumerate().for_each(|item| work(item, &mut col));
+    }
+    y
+}
+
+fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    let (howo, kk) = (g.out_pixels(), g.col_rows());
+    let mut dx = vec![0f32; g.n * g.cin * g.in_pixels()];
+    let across = images_in_parallel(g.n);
+    let work = |(i, dx_img): (usize, &mut [f32]), col: &mut Vec<f32>| {
+        let dy_img = &dy[i * g.cout * howo..(i + 1) * g.cout * howo];
+        // Wᵀ is (kk x cout): element (r, c) of it is w[c * kk + r].
+        if g.is_pointwise() {
+            matmul((kk, howo, g.cout), dx_img, false, w, (1, kk), dy_img, (howo, 1), !across);
+        } else {
+            col.resize(kk * howo, 0.0);
+            matmul((kk, howo, g.cout), col, false, w, (1, kk), dy_img, (howo, 1), !across);
+            col2im(col, g, dx_img);
+        }
+    };
+    if across {
+        dx.par_chunks_mut(g.cin * g.in_pixels())
+            .enumerate()
+            .for_each_init(Vec::new, |col, item| work(item, col));
+    } else {
+        let mut col = Vec::new();
+        dx.chunks_mut(g.cin * g.in_pixels()).enumerate().for_each(|item| work(item, &mut col));
+    }
+    dx
+}
+
+fn conv_backward_filter(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (howo, kk) = (g.out_pixels(), g.col_rows());
+    let accumulate_chunk = |images: std::ops::Range<usize>, parallel: bool| {
+        let mut dw = vec![0f32; g.cout * kk];
+        let mut col = Vec::new();
+        for i in images {
+            let x_img = &x[i * g.cin * g.in_pixels()..(i + 1) * g.cin * g.in_pixels()];
+            let dy_img = &dy[i * g.cout * howo..(i + 1) * g.cout * howo];
+            let cols: &[f32] = if g.is_pointwise() {
+                x_img
+            } else {
+                col.resize(kk * howo, 0.0);
+                im2col(x_img, g, &mut col);
+                &col
+            };
+            // dw (cout x kk) += dy (cout x howo) · colsᵀ (howo x kk)
+            matmul((g.cout, kk, howo), &mut dw, true, dy_img, (howo, 1), cols, (1, howo), parallel);
+        }
+        dw
+    };
+    let threads = rayon::current_num_threads();
+    if !images_in_parallel(g.n) || threads == 1 {
+        return accumulate_chunk(0..g.n, threads > 1);
+    }
+    let per = g.n.div_ceil(threads);
+    let partial: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| accumulate_chunk(t * per..((t + 1) * per).min(g.n), false))
+        .collect();
+    let mut dw = partial[0].clone();
+    for p in &partial[1..] {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    dw
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: the fast convolution needs a contiguous tensor"),
+    }
+}
+
+fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
+    match l.dims() {
+        &[a, b, c, d] => Ok((a, b, c, d)),
+        d => candle_core::bail!("{what}: expected 4 dimensions, got {d:?}"),
+    }
+}
+
+fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> Result<usize> {
+    if size + 2 * pad < k {
+        candle_core::bail!("convolution kernel {k} larger than padded input {size}+2*{pad}");
+    }
+    Ok((size + 2 * pad - k) / stride + 1)
+}
+
+/// `(x, w) -> conv2d(x, w)`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvForward {
+    pub stride: usize,
+    pub pad: usize,
+}
+
+/// `(dy, w) -> dx`, the input gradient of a convolution whose input was `h x w`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvBackwardData {
+    pub stride: usize,
+    pub pad: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// `(x, dy) -> dw`, the weight gradient of a convolution with a `k x k` kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvBackwardFilter {
+    pub stride: usize,
+    pub pad: usize,
+    pub k: usize,
+}
+
+impl CustomOp2 for ConvForward {
+    fn name(&self) -> &'static str {
+        "ood-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, cin, h, w) = dims4(l1, "conv2d input")?;
+        let (cout, cin_w, k, k2) = dims4(l2, "conv2d weight")?;
+        if cin != cin_w || k != k2 {
+            candle_core::bail!("conv2d: input {:?} and weight {:?} do not fit", l1.dims(), l2.dims());
+        }
+        let g = Geometry {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            k,
+            stride: self.stride,
+            pad: self.pad,
+            ho: out_size(h, k, self.stride, self.pad)?,
+            wo: out_size(w, k, self.stride, self.pad)?,
+        };
+        let y = conv_forward(contiguous(s1, l1, "conv2d input")?, contiguous(s2, l2, "conv2d weight")?, &g);
+        Ok((CpuStorage::F32(y), Shape::from((n, cout, g.ho, g.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (_, _, h, wd) = x.dims4()?;
+        let dx = dy.apply_op2_no_bwd(
+            w,
+            &ConvBackwardData {
+                stride: self.stride,
+                pad: self.pad,
+                h,
+                w: wd,
+            },
+        )?;
+        let dw = x.apply_op2_no_bwd(
+            &dy,
+            &ConvBackwardFilter {
+                stride: self.stride,
+                pad: self.pad,
+                k: w.dim(2)?,
+            },
+        )?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp2 for ConvBackwardData {
+    fn name(&self) -> &'static str {
+        "ood-conv2d-backward-data"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, cout, ho, wo) = dims4(l1, "output gradient")?;
+        let (cout_w, cin, k, _) = dims4(l2, "conv weight")?;
+        if cout != cout_w {
+            candle_core::bail!("conv backward: gradient {:?} and weight {:?} do not fit", l1.dims(), l2.dims());
+        }
+        let g = Geometry {
+            n,
+            cin,
+            h: self.h,
+            w: self.w,
+            cout,
+            k,
+            stride: self.stride,
+            pad: self.pad,
+            ho,
+            wo,
+        };
+        if out_size(self.h, k, self.stride, self.pad)? != ho || out_size(self.w, k, self.stride, self.pad)? != wo {
+            candle_core::bail!("conv backward: an input of {}x{} does not give a {ho}x{wo} output", self.h, self.w);
+        }
+        let dx = conv_backward_data(contiguous(s1, l1, "output gradient")?, contiguous(s2, l2, "conv weight")?, &g);
+        Ok((CpuStorage::F32(dx), Shape::from((n, cin, self.h, self.w))))
+    }
+
+    /// As the forward of a transposed convolution `(x, w) -> y`: `dx = conv(dy, w)` and
+    /// `dw = filter gradient of a convolution with input dy and output gradient x`.
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(
+            w,
+            &ConvForward {
+                stride: self.stride,
+                pad: self.pad,
+            },
+        )?;
+        let dw = dy.apply_op2_no_bwd(
+            x,
+            &ConvBackwardFilter {
+                stride: self.stride,
+                pad: self.pad,
+                k: w.dim(2)?,
+            },
+        )?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp2 for ConvBackwardFilter {
+    fn name(&self) -> &'static str {
+        "ood-conv2d-backward-filter"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, cin, h, w) = dims4(l1, "conv input")?;
+        let (n2, cout, ho, wo) = dims4(l2, "output gradient")?;
+        if n != n2 {
+            candle_core::bail!("conv filter gradient: batch {n} vs {n2}");
+        }
+        let g = Geometry {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            k: self.k,
+            stride: self.stride,
+            pad: self.pad,
+            ho,
+            wo,
+        };
+        let dw = conv_backward_filter(contiguous(s1, l1, "conv input")?, contiguous(s2, l2, "output gradient")?, &g);
+        Ok((CpuStorage::F32(dw), Shape::from((cout, cin, self.k, self.k))))
+    }
+}
+
+/// `conv2d(x, w)` with square stride and padding, no dilation or groups.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    if super::fast_path(x) {
+        x.contiguous()?.apply_op2(&w.contiguous()?, ConvForward { stride, pad })
+    } else {
+        x.conv2d(w, pad, stride, 1, 1)
+    }
+}
+
+/// `conv_transpose2d(x, w)` with `w` laid out `(in, out, k, k)` as in PyTorch and candle.
+pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, output_padding: usize) -> Result<Tensor> {
+    if super::fast_path(x) {
+        let (_, _, h, wd) = x.dims4()?;
+        let k = w.dim(2)?;
+        let size = |s: usize| (s - 1) * stride + k + output_padding - 2 * pad;
+        x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            ConvBackwardData {
+                stride,
+                pad,
+                h: size(h),
+                w: size(wd),
+            },
+        )
+    } else {
+        x.conv_transpose2d(w, pad, output_padding, stride, 1)
+    }
+}
+
+/// A convolution layer with the same variable names and initialisation as candle-nn's.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    pad: usize,
+}
+
+impl Conv2d {
+    pub fn new(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+        let bias = if bias {
+            let bound = 1. / ((cin * k * k) as f64).sqrt();
+            Some(vb.get_with_hints(cout, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            pad,
+        })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv2d(x, &self.weight, self.stride, self.pad)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// A transposed convolution layer without bias, named as candle-nn's.
+#[derive(Debug, Clone)]
+pub struct ConvTranspose2d {
+    weight: Tensor,
+    stride: usize,
+    pad: usize,
+}
+
+impl ConvTranspose2d {
+    pub fn new(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, vb: VarBuilder) -> Result<Self> {
+        let bound = 1. / (cout as f64).sqrt() / k as f64;
+        let weight = vb.get_with_hints((cin, cout, k, k), "weight", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+        Ok(Self { weight, stride, pad })
+    }
+}
+
+impl Module for ConvTranspose2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        conv_transpose2d(x, &self.weight, self.stride, self.pad, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    fn random(shape: &[usize], rng: &mut impl Rng) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * scale, "{what}[{i}]: fast {x} vs candle {y}");
+        }
+    }
+
+    /// Output and both gradients of `f` through the fast op and through candle's.
+    fn compare(
+        x: &Tensor,
+        w: &Tensor,
+        fast: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        stock: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        what: &str,
+        rng: &mut impl Rng,
+    ) {
+        let run = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
+            let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+            let y = f(xv.as_tensor(), wv.as_tensor()).unwrap();
+            (xv, wv, y)
+        };
+        let (fx, fw, fy) = run(&fast);
+        let (sx, sw, sy) = run(&stock);
+        assert_close(&fy, &sy, &format!("{what} output"));
+        let r = random(fy.dims(), rng);
+        let fg = (&fy * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let sg = (&sy * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(fg.get(&fx).unwrap(), sg.get(&sx).unwrap(), &format!("{what} input gradient"));
+        assert_close(fg.get(&fw).unwrap(), sg.get(&sw).unwrap(), &format!("{what} weight gradient"));
+    }
+
+    #[test]
+    fn convolution_matches_candle() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        // (batch, cin, cout, size, k, stride, pad)
+        let cases = [
+            (1, 1, 4, 28, 3, 1, 1),
+            (3, 5, 7, 9, 3, 2, 1),
+            (4, 8, 16, 14, 3, 2, 1),
+            (2, 6, 3, 7, 1, 1, 0),
+            (5, 4, 8, 14, 1, 2, 0),
+            (1, 3, 2, 8, 3, 1, 0),
+            (3, 2, 3, 11, 5, 3, 2),
+        ];
+        for (n, cin, cout, size, k, stride, pad) in cases {
+            let x = random(&[n, cin, size, size], &mut rng);
+            let w = random(&[cout, cin, k, k], &mut rng);
+            let what = format!("conv n{n} cin{cin} cout{cout} {size}px k{k} s{stride} p{pad}");
+            compare(
+                &x,
+                &w,
+                |x, w| x.apply_op2(w, ConvForward { stride, pad }),
+                |x, w| x.conv2d(w, pad, stride, 1, 1),
+                &what,
+                &mut rng,
+            );
+        }
+    }
+
+    #[test]
+    fn transposed_convolution_matches_candle() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        // (batch, cin, cout, size, k, stride, pad, output_padding)
+        let cases = [
+            (2, 8, 4, 7, 4, 2, 1, 0),
+            (1, 4, 2, 14, 4, 2, 1, 0),
+            (3, 3, 5, 5, 3, 1, 1, 0),
+            (5, 2, 3, 6, 3, 2, 1, 1),
+            (1, 3, 1, 4, 1, 1, 0, 0),
+        ];
+        for (n, cin, cout, size, k, stride, pad, op) in cases {
+            let x = random(&[n, cin, size, size], &mut rng);
+            let w = random(&[cin, cout, k, k], &mut rng);
+            let what = format!("convT n{n} cin{cin} cout{cout} {size}px k{k} s{stride} p{pad} op{op}");
+            let size_out = |s: usize| (s - 1) * stride + k + op - 2 * pad;
+            compare(
+                &x,
+                &w,
+                |x, w| {
+                    x.apply_op2(
+                        w,
+                        ConvBackwardData {
+                            stride,
+                            pad,
+                            h: size_out(size),
+                            w: size_out(size),
+                        },
+                    )
+                },
+                |x, w| x.conv_transpose2d(w, pad, op, stride, 1),
+                &what,
+                &mut rng,
+            );
+        }
+    }
+
+    #[test]
+    fn switch_selects_the_path_and_both_agree_in_a_layer() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let x = random(&[2, 3, 10, 10], &mut rng);
+        let w = random(&[4, 3, 3, 3], &mut rng);
+        let fast = conv2d(&x, &w, 2, 1).unwrap();
+        let stock = x.conv2d(&w, 1, 2, 1, 1).unwrap();
+        assert_close(&fast, &stock, "dispatch");
+        assert_eq!(valid_range(14, 2, -1, 28), (1, 14));
+        assert_eq!(valid_range(28, 1, 1, 28), (0, 27));
+    }
+}

@@ -1,0 +1,60 @@
+//! Fast CPU kernels as candle custom ops, with candle's stock ops behind a switch.
+//!
+//! candle 0.11 computes a convolution's input gradient with a direct (non-GEMM) transposed
+//! convolution, and BatchNorm's training backward through a dozen broadcast ops; together they
+//! dominate CPU training time. The ops here do the same maths through im2col and the `gemm`
+//! crate candle already uses, and BatchNorm in one pass. They run only for f32 tensors on the
+//! CPU; anywhere else (CUDA, Metal, other dtypes) the stock candle ops run.
+//!
+//! [`set_kernels`] (or `OOD_KERNELS=candle|fast` in the environment) picks the path, so both
+//! can be benchmarked and tested against each other.
+
+pub mod batchnorm;
+pub mod conv;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Which implementation the layers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// candle's own ops everywhere.
+    Candle,
+    /// This crate's CPU kernels where they apply (f32 on the CPU), candle's elsewhere.
+    Fast,
+}
+
+const UNSET: u8 = 0;
+static KERNELS: AtomicU8 = AtomicU8::new(UNSET);
+
+fn encode(k: Kernels) -> u8 {
+    match k {
+        Kernels::Candle => 1,
+        Kernels::Fast => 2,
+    }
+}
+
+/// Chooses the implementation for every layer from now on.
+pub fn set_kernels(kernels: Kernels) {
+    KERNELS.store(encode(kernels), Ordering::Relaxed);
+}
+
+/// The current choice: set by [`set_kernels`], else `$OOD_KERNELS`, else [`Kernels::Fast`].
+pub fn kernels() -> Kernels {
+    match KERNELS.load(Ordering::Relaxed) {
+        1 => Kernels::Candle,
+        2 => Kernels::Fast,
+        _ => {
+            let k = match std::env::var("OOD_KERNELS").as_deref() {
+                Ok("candle") => Kernels::Candle,
+                _ => Kernels::Fast,
+            };
+            set_kernels(k);
+            k
+        }
+    }
+}
+
+/// Whether the fast path applies to `t`.
+pub(crate) fn fast_path(t: &candle_core::Tensor) -> bool {
+    kernels() == Kernels::Fast && t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
