@@ -53,6 +53,10 @@ pub enum Command {
     Presets,
     /// Train a model; writes OUT/checkpoint.safetensors and OUT/metrics.jsonl.
     Train(Box<TrainArgs>),
+    /// Calibrate a checkpoint's OOD thresholds on held-out digits and synthetic OOD.
+    Calibrate(Box<commands::eval::CalibrateArgs>),
+    /// Evaluate a calibrated checkpoint on the test set; writes a report folder.
+    Evaluate(Box<commands::eval::EvaluateArgs>),
     /// Describe a checkpoint: configuration, classes, epoch, metrics.
     Inspect {
         checkpoint: PathBuf,
@@ -84,6 +88,8 @@ where
         Command::FetchData { data } => commands::data::fetch(&data),
         Command::Presets => commands::inspect::presets(),
         Command::Train(args) => commands::train::run(&args),
+        Command::Calibrate(args) => commands::eval::calibrate(&args),
+        Command::Evaluate(args) => commands::eval::evaluate(&args),
         Command::Inspect { checkpoint, json } => commands::inspect::checkpoint(&checkpoint, json),
     }
 }

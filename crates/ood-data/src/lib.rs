@@ -28,6 +28,7 @@ pub mod batch;
 pub mod hub;
 pub mod idx;
 pub mod noise;
+pub mod prepare;
 pub mod source;
 pub mod split;
 

@@ -542,6 +542,15 @@ fn normalise(x: &[f32], gamma: &[f32], beta: &[f32], norm: &Norm, d: Dims, relu:
     out
 }
 
+/// `g` where the ReLU's input `pre` is >= 0 (where candle's ReLU passes the gradient), else 0.
+/// A bit mask rather than a branch or a product: the sign of `pre` is random, so a branch is
+/// mispredicted half the time; unlike candle's product, an infinite or NaN `g` is zeroed too.
+#[inline(always)]
+fn relu_grad(pre: f32, g: f32) -> f32 {
+    let keep = 0u32.wrapping_sub((pre >= 0.0) as u32);
+    f32::from_bits(g.to_bits() & keep)
+}
+
 /// `(sum(g), sum(g * xhat))` over a run, where `g` is `dy` masked by the ReLU when `RELU`.
 #[inline]
 fn grad_sums<const RELU: bool>(x: &[f32], dy: &[f32], p: [f32; 4]) -> (f32, f32) {
@@ -552,15 +561,16 @@ fn grad_sums<const RELU: bool>(x: &[f32], dy: &[f32], p: [f32; 4]) -> (f32, f32)
     let dc = dy.chunks_exact(8);
     let (mut ta, mut tb) = (0f32, 0f32);
     for (&x, &g) in xc.remainder().iter().zip(dc.remainder()) {
-        // candle's ReLU passes the gradient where its input is >= 0.
-        let g = if RELU && x * k + t < 0.0 { 0.0 } else { g };
+        let g = if RELU { relu_grad(x * k + t, g) } else { g };
         ta += g;
         tb += g * ((x - mean) * inv);
     }
     for (xs, gs) in xc.zip(dc) {
+        let xs: &[f32; 8] = xs.try_into().unwrap();
+        let gs: &[f32; 8] = gs.try_into().unwrap();
         for j in 0..8 {
             let (x, g) = (xs[j], gs[j]);
-            let g = if RELU && x * k + t < 0.0 { 0.0 } else { g };
+            let g = if RELU { relu_grad(x * k + t, g) } else { g };
             a[j] += g;
             b[j] += g * ((x - mean) * inv);
         }
@@ -574,7 +584,7 @@ fn grad_x<const RELU: bool>(out: &mut [f32], x: &[f32], dy: &[f32], p: [f32; 4],
     let [mean, inv, k, t] = p;
     let [kx, a, b] = q;
     for ((o, &x), &g) in out.iter_mut().zip(x).zip(dy) {
-        let g = if RELU && x * k + t < 0.0 { 0.0 } else { g };
+        let g = if RELU { relu_grad(x * k + t, g) } else { g };
         *o = kx * (g - a - (x - mean) * inv * b);
     }
 }
@@ -1055,7 +1065,6 @@ mod tests {
         let dims = [256, 16, 28, 28];
         let p = pair(&mut rng, 16);
         let x = input(&mut rng, &dims);
-        let r = randn(&mut rng, &dims, 0.0, 1.0);
         let xv = Var::from_tensor(&x).unwrap();
         // Mean and least time of 20 runs.
         let time = |f: &dyn Fn()| {
@@ -1069,6 +1078,32 @@ mod tests {
             let mean = times.iter().sum::<f64>() / 20.0;
             (mean, times.iter().cloned().fold(f64::INFINITY, f64::min))
         };
+        {
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let dy: Vec<f32> = xs.iter().map(|v| v.sin()).collect();
+            let d = Dims { n: 256, c: 16, s: 784 };
+            let (mean, var) = channel_stats(&xs, d);
+            let norm = Norm { mean: mean.iter().map(|&m| m as f32).collect(), inv_std: var.iter().map(|&v| (1.0 / (v + 1e-5).sqrt()) as f32).collect() };
+            let g = vec![0.7f32; 16];
+            let b = vec![0.1f32; 16];
+            for relu in [false, true] {
+                let t = time(&|| { std::hint::black_box(backward(&xs, &dy, &g, &b, &norm, d, relu, true)); });
+                let u = time(&|| { std::hint::black_box(normalise(&xs, &g, &b, &norm, d, relu)); });
+                let v = time(&|| { std::hint::black_box(channel_stats(&xs, d)); });
+                let mall = xs.iter().sum::<f32>() / xs.len() as f32; let p4 = [mall, 1.1, 1.0, -mall];
+                let w = time(&|| { std::hint::black_box(if relu { grad_sums::<true>(&xs, &dy, p4) } else { grad_sums::<false>(&xs, &dy, p4) }); });
+                let mut o = vec![0f32; xs.len()];
+                let mut tt = vec![];
+                for _ in 0..10 { let t0 = std::time::Instant::now(); if relu { grad_x::<true>(&mut o, &xs, &dy, p4, [0.3, 0.1, 0.2]) } else { grad_x::<false>(&mut o, &xs, &dy, p4, [0.3, 0.1, 0.2]) }; std::hint::black_box(&o); tt.push(t0.elapsed().as_secs_f64()*1e3); }
+                for tt in [100.0f32, -100.0, -mall] {
+                    let p4 = [mall, 1.1, 1.0, tt];
+                    let w = time(&|| { std::hint::black_box(grad_sums::<true>(&xs, &dy, p4)); });
+                    eprintln!("  t={tt}: {:.2} ms", w.1);
+                }
+                eprintln!("serial relu={relu}: grad_sums {:.2} ms, grad_x {:.2} ms", w.1, tt.iter().cloned().fold(1e9, f64::min));
+                eprintln!("raw kernels relu={relu}: backward {:.2} ms, normalise {:.2} ms, stats {:.2}", t.1, u.1, v.1);
+            }
+        }
         // `y.backward()` seeds the backward with ones; that allocation is common to both paths.
         for fast in [false, true] {
             for relu in [false, true] {

@@ -1,0 +1,141 @@
+use crate::DataArgs;
+use anyhow::{Context, Result};
+use ood_calibrate::ThresholdRule;
+use ood_data::source::{resolve_data_root, FASHION_MNIST};
+use ood_data::{DatasetDir, Split, Splits};
+use ood_eval::calibration::default_calibration_path;
+use ood_eval::report::{summary_table, write_calibration_figures, write_report};
+use ood_eval::{load_model, split_config, CalibrationConfig};
+use ood_model::DeviceChoice;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CalibrateArgs {
+    /// The checkpoint to calibrate.
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write the calibration (default: calibration.json beside the checkpoint).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// How to pick the max-softmax threshold: accuracy, youden, or tpr:R (flag a fraction R of
+    /// the synthetic OOD).
+    #[arg(long, default_value = "accuracy")]
+    pub rule: String,
+    /// Fraction of held-out digits the reconstruction test alone must accept.
+    #[arg(long, default_value_t = 0.99)]
+    pub recon_acceptance: f64,
+    /// Ignore the reconstruction error (max-softmax only).
+    #[arg(long)]
+    pub no_reconstruction: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvaluateArgs {
+    /// The checkpoint to evaluate (calibrated first with `ood calibrate`).
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Report folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The calibration to apply (default: calibration.json beside the checkpoint).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Skip Fashion-MNIST even when it is in the data root.
+    #[arg(long)]
+    pub no_fashion: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+fn parse_rule(s: &str) -> Result<ThresholdRule> {
+    Ok(match s {
+        "accuracy" => ThresholdRule::BestAccuracy,
+        "youden" => ThresholdRule::YoudenJ,
+        _ => match s.strip_prefix("tpr:").map(str::parse::<f64>) {
+            Some(Ok(r)) => ThresholdRule::TargetTpr(r),
+            _ => anyhow::bail!("unknown threshold rule {s:?}: use accuracy, youden or tpr:R"),
+        },
+    })
+}
+
+fn load_splits(data: &DataArgs, model: &ood_eval::LoadedModel) -> Result<Splits> {
+    let (train, test) = super::data::load_mnist(data)?;
+    Ok(Splits::new(&train, &test, &split_config(&model.train))?)
+}
+
+pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
+    let device = args.device.open()?;
+    let model = load_model(&args.checkpoint, &device)?;
+    let splits = load_splits(&args.data, &model)?;
+    let config = CalibrationConfig {
+        msp_rule: parse_rule(&args.rule)?,
+        use_reconstruction: !args.no_reconstruction,
+        recon_id_acceptance: args.recon_acceptance,
+        ..Default::default()
+    };
+    let (calibration, set) = ood_eval::calibrate(&model.net, &model.train, &splits.validation, &args.checkpoint, &config, &device)?;
+    let out = args.out.clone().unwrap_or_else(|| default_calibration_path(&args.checkpoint));
+    ood_eval::write_calibration(&out, &calibration)?;
+    let fig_dir = out.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    write_calibration_figures(&fig_dir, &calibration, &set, model.net.config.image_size)?;
+    let recon = calibration.rule.recon_threshold.map_or("off".into(), |t| format!("> {t:.5}"));
+    println!(
+        "calibrated on {} held-out digits + {} synthetic OOD: OOD when max softmax < {:.4} or reconstruction error {recon}",
+        calibration.n_in_distribution, calibration.n_synthetic_ood, calibration.rule.msp_threshold
+    );
+    println!(
+        "calibration set: AUROC max softmax {:.4}, reconstruction {:.4}; rule flags {:.2}% of synthetic OOD and {:.2}% of held-out digits",
+        calibration.auroc_msp,
+        calibration.auroc_recon,
+        100.0 * calibration.calibration_stats.tpr,
+        100.0 * calibration.calibration_stats.fpr
+    );
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
+    let device = args.device.open()?;
+    let model = load_model(&args.checkpoint, &device)?;
+    let cal_path = args.calibration.clone().unwrap_or_else(|| default_calibration_path(&args.checkpoint));
+    let calibration = ood_eval::read_calibration(&cal_path, &args.checkpoint)?;
+    let splits = load_splits(&args.data, &model)?;
+    let mut far = Vec::new();
+    if !args.no_fashion {
+        let root = resolve_data_root(args.data.data_dir.as_deref());
+        if let Ok(dir) = DatasetDir::in_root(&root, FASHION_MNIST) {
+            if dir.has_split(Split::Test) {
+                let set = dir.load(Split::Test)?.truncated(model.train.limit);
+                far.push(("Fashion-MNIST".to_string(), set));
+            }
+        }
+    }
+    let (evaluation, sets) = ood_eval::evaluate(
+        &model.net,
+        &model.train,
+        &calibration,
+        &splits.test_known,
+        &splits.test_unknown,
+        &far,
+        calibration.config.batch_size,
+        &device,
+    )?;
+    write_report(
+        &args.out,
+        &args.checkpoint,
+        &calibration,
+        &evaluation,
+        &sets,
+        &ood_data::batch::to_unit_f32(&splits.test_known),
+        &ood_data::batch::to_unit_f32(&splits.test_unknown),
+        model.net.config.image_size,
+    )
+    .with_context(|| format!("writing the report into {}", args.out.display()))?;
+    println!("{}", summary_table(&evaluation));
+    println!("report: {}", args.out.join("report.md").display());
+    Ok(())
+}
