@@ -12,6 +12,9 @@ tasks:
   data-info [ARGS]  print counts and split sizes of the data (`ood data-info`)
   fetch-data        download MNIST from the Hugging Face hub into assets/data/mnist
   presets           list the model presets
+  calibrate [ARGS]  calibrate the default run's checkpoint (runs/default/calibration.json)
+  evaluate [ARGS]   evaluate it on the test set into runs/default/report
+  demo              train, calibrate and evaluate the default model, end to end
   inspect [CKPT]    describe a checkpoint (default runs/default/checkpoint.safetensors)
   ci                run what CI runs (.ci/run)
 
@@ -70,6 +73,23 @@ fn main() -> Result<()> {
             let mut a = vec!["fetch-data".to_string()];
             a.extend(with_default(rest, "--data-dir", "assets/data"));
             ood(&["hub"], &a)
+        }
+        "calibrate" => {
+            let mut a = vec!["calibrate".to_string(), default_checkpoint];
+            a.extend(rest.iter().cloned());
+            ood(&[], &a)
+        }
+        "evaluate" => {
+            let mut a = vec!["evaluate".to_string(), default_checkpoint];
+            a.extend(with_default(rest, "--out", "runs/default/report"));
+            ood(&[], &a)
+        }
+        "demo" => {
+            let mut a = vec!["train".to_string()];
+            a.extend(with_default(rest, "--out", "runs/default"));
+            ood(&[], &a)?;
+            ood(&[], &["calibrate".to_string(), default_checkpoint.clone()])?;
+            ood(&[], &["evaluate".into(), default_checkpoint, "--out".into(), "runs/default/report".into()])
         }
         "inspect" => {
             let ckpt = rest.first().cloned().unwrap_or(default_checkpoint);

@@ -728,7 +728,8 @@ mod tests {
         assert_mnist_like(&out);
         let (t, b, l, r) = ink_bbox(&out, 0.0).unwrap();
         assert_eq!(r - l + 1, 20);
-        assert!(b - t + 1 <= 3, "a 252x12 bar became {} tall", b - t + 1);
+        let tall = b - t + 1;
+        assert!(tall <= 3, "a 252x12 bar became {tall} tall");
         // A 3x4 speck is scaled up to 20 tall.
         let mut speck = vec![0u8; 10 * 10];
         for y in 3..7 {
@@ -777,7 +778,7 @@ mod tests {
             matches!(&err, DataError::Io { path: p, .. } if p == &path),
             "{err:?}"
         );
-        let msg = err.to_string(); eprintln!("MSG {msg}");
+        let msg = err.to_string();
         assert!(
             msg.contains("nope.png") && msg.contains("No such file"),
             "{msg}"
@@ -791,7 +792,7 @@ mod tests {
         std::fs::write(&path, "hello, I am not a picture\n").unwrap();
         let err = load_mnist_style(&path).unwrap_err();
         assert!(matches!(err, DataError::Corrupt { .. }), "{err:?}");
-        let msg = err.to_string(); eprintln!("MSG {msg}");
+        let msg = err.to_string();
         assert!(
             msg.contains("x.png") && msg.contains("not an image"),
             "{msg}"
@@ -807,7 +808,7 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         let err = load_mnist_style(&path).unwrap_err();
         assert!(matches!(err, DataError::Corrupt { .. }), "{err:?}");
-        let msg = err.to_string(); eprintln!("MSG {msg}");
+        let msg = err.to_string();
         assert!(
             msg.contains("cut.png") && msg.contains("cannot decode the PNG"),
             "{msg}"
@@ -819,7 +820,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gif = dir.path().join("anim.gif");
         std::fs::write(&gif, b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").unwrap();
-        let msg = load_image(&gif).unwrap_err().to_string(); eprintln!("MSG {msg}");
+        let msg = load_image(&gif).unwrap_err().to_string();
         assert!(
             msg.contains("anim.gif") && msg.contains("unsupported image format GIF"),
             "{msg}"
@@ -838,7 +839,7 @@ mod tests {
         gray(100, 60, vec![255; 100 * 60]).save(&path).unwrap();
         let err = load_mnist_style(&path).unwrap_err();
         assert!(matches!(err, DataError::Corrupt { .. }), "{err:?}");
-        let msg = err.to_string(); eprintln!("MSG {msg}");
+        let msg = err.to_string();
         assert!(
             msg.contains("white.png") && msg.contains("no ink found"),
             "{msg}"

@@ -542,13 +542,13 @@ fn normalise(x: &[f32], gamma: &[f32], beta: &[f32], norm: &Norm, d: Dims, relu:
     out
 }
 
-/// `g` where the ReLU's input `pre` is >= 0 (where candle's ReLU passes the gradient), else 0.
-/// A bit mask rather than a branch or a product: the sign of `pre` is random, so a branch is
-/// mispredicted half the time; unlike candle's product, an infinite or NaN `g` is zeroed too.
+/// candle's ReLU derivative times `g`: `g * 1` where the ReLU's input `pre` is >= 0, else
+/// `g * 0` (so non-finite gradients propagate as in candle). The 0/1 factor comes from the sign
+/// bit rather than a comparison, which the compiler may turn into a branch, mispredicted half
+/// the time. The one difference from `pre >= 0`: `pre == -0.0` counts as negative.
 #[inline(always)]
 fn relu_grad(pre: f32, g: f32) -> f32 {
-    let keep = 0u32.wrapping_sub((pre >= 0.0) as u32);
-    f32::from_bits(g.to_bits() & keep)
+    g * (0.5 + 0.5f32.copysign(pre))
 }
 
 /// `(sum(g), sum(g * xhat))` over a run, where `g` is `dy` masked by the ReLU when `RELU`.
