@@ -58,6 +58,28 @@ fn train_calibrate_evaluate_writes_every_file() {
         assert!(std::fs::metadata(run_dir.join(fig)).unwrap().len() > 5_000, "{fig}");
     }
 
+    // Prediction on image files: MNIST test digits written as inverted, enlarged PGMs.
+    let (_, test) = mnist().unwrap();
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let img = test.images.image(i);
+        let mut pgm = b"P5 56 56 255\n".to_vec();
+        pgm.extend((0..56 * 56).map(|p| 255 - img[(p / 56 / 2) * 28 + (p % 56) / 2]));
+        let f = dir.path().join(format!("digit{i}.pgm"));
+        std::fs::write(&f, pgm).unwrap();
+        files.push(f.to_str().unwrap().to_string());
+    }
+    let mut args = vec!["predict", ckpt_s, "--json"];
+    args.extend(files.iter().map(String::as_str));
+    run(&args);
+    let bad = dir.path().join("notes.png");
+    std::fs::write(&bad, "not an image").unwrap();
+    args.push(bad.to_str().unwrap());
+    let mut full = vec!["ood"];
+    full.extend_from_slice(&args);
+    let err = ood_cli::run(full).unwrap_err();
+    assert!(format!("{err:#}").contains("1 of 4 images could not be read"), "{err:#}");
+
     // A calibration is refused for another checkpoint.
     let other = dir.path().join("other");
     run(&["train", "--data-dir", root, "--preset", "tiny", "--limit", "64", "--epochs", "1", "--batch-size", "32", "--seed", "5", "--out", other.to_str().unwrap()]);

@@ -57,6 +57,8 @@ pub enum Command {
     Calibrate(Box<commands::eval::CalibrateArgs>),
     /// Evaluate a calibrated checkpoint on the test set; writes a report folder.
     Evaluate(Box<commands::eval::EvaluateArgs>),
+    /// Classify image files, or say they are unknown.
+    Predict(Box<commands::predict::PredictArgs>),
     /// Describe a checkpoint: configuration, classes, epoch, metrics.
     Inspect {
         checkpoint: PathBuf,
@@ -90,6 +92,7 @@ where
         Command::Train(args) => commands::train::run(&args),
         Command::Calibrate(args) => commands::eval::calibrate(&args),
         Command::Evaluate(args) => commands::eval::evaluate(&args),
+        Command::Predict(args) => commands::predict::run(&args),
         Command::Inspect { checkpoint, json } => commands::inspect::checkpoint(&checkpoint, json),
     }
 }

@@ -1,4 +1,5 @@
 pub mod data;
 pub mod eval;
 pub mod inspect;
+pub mod predict;
 pub mod train;

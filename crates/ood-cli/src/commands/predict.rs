@@ -1,0 +1,98 @@
+use anyhow::Result;
+use ood_eval::calibration::default_calibration_path;
+use ood_eval::{load_model, score_images};
+use ood_model::DeviceChoice;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Seed stream of the noise behind the reconstruction error of predicted images.
+const PREDICT_STREAM: u64 = 30;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PredictArgs {
+    /// The checkpoint (calibrated with `ood calibrate`).
+    pub checkpoint: PathBuf,
+    /// Image files: PNG, JPEG or PGM, any size; prepared as MNIST was.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// The calibration to apply (default: calibration.json beside the checkpoint).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// One JSON object per image on standard output.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Prediction {
+    file: String,
+    /// The digit, or null when the input is flagged unknown.
+    label: Option<u8>,
+    unknown: bool,
+    /// The classifier's best guess, whether or not it was accepted.
+    best_guess: Option<u8>,
+    max_softmax: Option<f64>,
+    reconstruction_error: Option<f64>,
+    error: Option<String>,
+}
+
+pub fn run(args: &PredictArgs) -> Result<()> {
+    let device = args.device.open()?;
+    let model = load_model(&args.checkpoint, &device)?;
+    let cal_path = args.calibration.clone().unwrap_or_else(|| default_calibration_path(&args.checkpoint));
+    let calibration = ood_eval::read_calibration(&cal_path, &args.checkpoint)?;
+    let mut results: Vec<Prediction> = Vec::new();
+    let mut pixels = Vec::new();
+    let mut good = Vec::new();
+    for (i, path) in args.images.iter().enumerate() {
+        let mut r = Prediction {
+            file: path.display().to_string(),
+            ..Default::default()
+        };
+        match ood_data::prepare::load_mnist_style(path) {
+            Ok(p) => {
+                pixels.extend(p);
+                good.push(i);
+            }
+            Err(e) => r.error = Some(e.to_string()),
+        }
+        results.push(r);
+    }
+    if !good.is_empty() {
+        let scored = score_images(&model.net, &pixels, &model.train.noise, model.train.seed, PREDICT_STREAM, 256, &device)?;
+        for (j, &i) in good.iter().enumerate() {
+            let (msp, err) = (scored.msp[j], scored.recon_error[j]);
+            let guess = model.train.known_classes[scored.predictions[j]];
+            let unknown = calibration.rule.is_ood(msp, err);
+            let r = &mut results[i];
+            r.best_guess = Some(guess);
+            r.unknown = unknown;
+            r.label = (!unknown).then_some(guess);
+            r.max_softmax = Some(msp);
+            r.reconstruction_error = Some(err);
+        }
+    }
+    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    for r in &results {
+        if args.json {
+            println!("{}", serde_json::to_string(r)?);
+        } else if let Some(e) = &r.error {
+            eprintln!("{}: error: {e}", r.file);
+        } else {
+            let verdict = r.label.map_or("unknown".to_string(), |l| l.to_string());
+            println!(
+                "{}: {verdict} (best guess {}, max softmax {:.4}, reconstruction error {:.5})",
+                r.file,
+                r.best_guess.unwrap_or_default(),
+                r.max_softmax.unwrap_or_default(),
+                r.reconstruction_error.unwrap_or_default()
+            );
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} images could not be read", results.len());
+    }
+    Ok(())
+}
