@@ -2,11 +2,12 @@
 
 use crate::config::ModelConfig;
 use candle_core::{Module, ModuleT, Result, Tensor};
+use crate::ops::batchnorm::{batch_norm, BatchNorm};
 use crate::ops::conv::{Conv2d, ConvTranspose2d};
-use candle_nn::{batch_norm, linear, BatchNorm, BatchNormConfig, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
 fn bn(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    batch_norm(channels, BatchNormConfig::default(), vb)
+    batch_norm(channels, vb)
 }
 
 fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
@@ -45,7 +46,7 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.apply(&self.conv1)?.apply_t(&self.bn1, train)?.relu()?;
+        let y = self.bn1.forward_t_relu(&x.apply(&self.conv1)?, train)?;
         let y = y.apply(&self.conv2)?.apply_t(&self.bn2, train)?;
         let skip = match &self.shortcut {
             Some((conv, norm)) => x.apply(conv)?.apply_t(norm, train)?,
@@ -88,7 +89,7 @@ impl Trunk {
 
 impl ModuleT for Trunk {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = x.apply(&self.stem)?.apply_t(&self.stem_bn, train)?.relu()?;
+        let mut h = self.stem_bn.forward_t_relu(&x.apply(&self.stem)?, train)?;
         for block in &self.blocks {
             h = h.apply_t(block, train)?;
         }
@@ -123,8 +124,8 @@ impl Decoder {
 
 impl ModuleT for Decoder {
     fn forward_t(&self, features: &Tensor, train: bool) -> Result<Tensor> {
-        let h = features.apply(&self.up1)?.apply_t(&self.bn1, train)?.relu()?;
-        let h = h.apply(&self.up2)?.apply_t(&self.bn2, train)?.relu()?;
+        let h = self.bn1.forward_t_relu(&features.apply(&self.up1)?, train)?;
+        let h = self.bn2.forward_t_relu(&h.apply(&self.up2)?, train)?;
         candle_nn::ops::sigmoid(&h.apply(&self.out)?)
     }
 }

@@ -1095,72 +1095,38 @@ mod tests {
             let mean = times.iter().sum::<f64>() / 20.0;
             (mean, times.iter().cloned().fold(f64::INFINITY, f64::min))
         };
-        {
-            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let dy: Vec<f32> = xs.iter().map(|v| v.sin()).collect();
-            let d = Dims {
-                n: 256,
-                c: 16,
-                s: 784,
-            };
-            let (mean, var) = channel_stats(&xs, d);
-            let norm = Norm {
-                mean: mean.iter().map(|&m| m as f32).collect(),
-                inv_std: var
-                    .iter()
-                    .map(|&v| (1.0 / (v + 1e-5).sqrt()) as f32)
-                    .collect(),
-            };
-            let g = vec![0.7f32; 16];
-            let b = vec![0.1f32; 16];
-            for relu in [false, true] {
-                let t = time(&|| {
-                    std::hint::black_box(backward(&xs, &dy, &g, &b, &norm, d, relu, true));
-                });
-                let u = time(&|| {
-                    std::hint::black_box(normalise(&xs, &g, &b, &norm, d, relu));
-                });
-                let v = time(&|| {
-                    std::hint::black_box(channel_stats(&xs, d));
-                });
-                let mall = xs.iter().sum::<f32>() / xs.len() as f32;
-                let p4 = [mall, 1.1, 1.0, -mall];
-                let w = time(&|| {
-                    std::hint::black_box(if relu {
-                        grad_sums::<true>(&xs, &dy, p4)
-                    } else {
-                        grad_sums::<false>(&xs, &dy, p4)
-                    });
-                });
-                let mut o = vec![MaybeUninit::new(0f32); xs.len()];
-                let mut tt = vec![];
-                for _ in 0..10 {
-                    let t0 = std::time::Instant::now();
-                    if relu {
-                        grad_x::<true>(&mut o, &xs, &dy, p4, [0.3, 0.1, 0.2])
-                    } else {
-                        grad_x::<false>(&mut o, &xs, &dy, p4, [0.3, 0.1, 0.2])
-                    };
-                    std::hint::black_box(&o);
-                    tt.push(t0.elapsed().as_secs_f64() * 1e3);
-                }
-                for tt in [100.0f32, -100.0, -mall] {
-                    let p4 = [mall, 1.1, 1.0, tt];
-                    let w = time(&|| {
-                        std::hint::black_box(grad_sums::<true>(&xs, &dy, p4));
-                    });
-                    eprintln!("  t={tt}: {:.2} ms", w.1);
-                }
-                eprintln!(
-                    "serial relu={relu}: grad_sums {:.2} ms, grad_x {:.2} ms",
-                    w.1,
-                    tt.iter().cloned().fold(1e9, f64::min)
-                );
-                eprintln!(
-                    "raw kernels relu={relu}: backward {:.2} ms, normalise {:.2} ms, stats {:.2}",
-                    t.1, u.1, v.1
-                );
-            }
+        // The kernels alone, on slices (no allocation of tensors, no autograd).
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let dy: Vec<f32> = xs.iter().map(|v| v.sin()).collect();
+        let d = Dims {
+            n: 256,
+            c: 16,
+            s: 784,
+        };
+        let (mean, var) = channel_stats(&xs, d);
+        let norm = Norm {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            inv_std: var
+                .iter()
+                .map(|&v| (1.0 / (v + 1e-5).sqrt()) as f32)
+                .collect(),
+        };
+        let (g, b) = (vec![0.7f32; 16], vec![0.1f32; 16]);
+        let stats = time(&|| {
+            std::hint::black_box(channel_stats(&xs, d));
+        });
+        eprintln!("kernel: statistics {:.2} ms (min {:.2})", stats.0, stats.1);
+        for relu in [false, true] {
+            let fwd = time(&|| {
+                std::hint::black_box(normalise(&xs, &g, &b, &norm, d, relu));
+            });
+            let bwd = time(&|| {
+                std::hint::black_box(backward(&xs, &dy, &g, &b, &norm, d, relu, true));
+            });
+            eprintln!(
+                "kernel relu={relu:<5}: normalise {:.2} ms (min {:.2}), backward {:.2} ms (min {:.2})",
+                fwd.0, fwd.1, bwd.0, bwd.1
+            );
         }
         // `y.backward()` seeds the backward with ones; that allocation is common to both paths.
         for fast in [false, true] {
