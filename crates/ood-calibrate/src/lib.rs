@@ -8,7 +8,11 @@
 //! a fixed ID acceptance rate ([`roc`]), picking a decision threshold on a calibration set
 //! ([`threshold`]), the open-set classification rate ([`mod@oscr`]), the combined
 //! "low max-softmax OR high reconstruction error" rule ([`rule`]), and a few small helpers
-//! (softmax, argmax, confusion matrix: [`classify`]).
+//! (softmax, argmax, confusion matrix: [`classify`]), and the OOD **detectors** that turn a
+//! model's outputs (logits, pooled features, reconstruction errors) into such scores, with a
+//! pytorch-ood-like fit/score API on plain arrays ([`detectors`]: MSP, MaxLogit, Energy,
+//! temperature-scaled MSP, Mahalanobis, KNN, reconstruction error, the combined rule, and a
+//! logistic-regression fusion of several of them).
 //!
 //! It is **not**: a model, a data loader, or anything that touches candle tensors; it does no
 //! plotting and no file I/O (the public structs derive serde so callers can store them).
@@ -62,12 +66,17 @@
 #![warn(missing_docs)]
 
 pub mod classify;
+pub mod detectors;
 pub mod oscr;
 pub mod roc;
 pub mod rule;
 pub mod threshold;
 
 pub use classify::{argmax, confusion_matrix, max_softmax, softmax};
+pub use detectors::{
+    standard_detectors, Combined, Detector, Energy, Fused, FusedModel, Knn, Mahalanobis, MaxLogit,
+    Msp, Reconstruction, Samples, TemperatureMsp,
+};
 pub use oscr::{oscr, oscr_curve, OscrPoint};
 pub use roc::{
     aupr_in, aupr_out, auroc, detection_rate_at_id_acceptance, fpr_at_95_tpr, fpr_at_tpr,
@@ -150,6 +159,40 @@ pub enum CalibrateError {
     #[error("{what} is required here but was not given")]
     MissingInput {
         /// Name of the missing argument.
+        what: &'static str,
+    },
+    /// A flat row-major array's length is not a multiple of its row length.
+    #[error("{what} has {len} entries, which is not a multiple of {row_name} = {row_len}")]
+    Shape {
+        /// Name of the array.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// Name of the row length (e.g. `"num_classes"`).
+        row_name: &'static str,
+        /// The row length.
+        row_len: usize,
+    },
+    /// A dimension differs from the one a detector was fitted with.
+    #[error("{what} is {found}, but the detector was fitted with {expected}")]
+    DimensionMismatch {
+        /// Name of the dimension.
+        what: &'static str,
+        /// The dimension at fitting time.
+        expected: usize,
+        /// The dimension given now.
+        found: usize,
+    },
+    /// A detector that needs fitting was used before `fit`.
+    #[error("detector {detector} is not fitted: call fit first")]
+    NotFitted {
+        /// The detector's name.
+        detector: String,
+    },
+    /// A matrix that must be symmetric positive definite is not (numerically).
+    #[error("{what} is not positive definite (try a larger ridge / L2 penalty)")]
+    NotPositiveDefinite {
+        /// Name of the matrix.
         what: &'static str,
     },
 }

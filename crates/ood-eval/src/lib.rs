@@ -12,6 +12,7 @@
 
 pub mod calibration;
 pub mod evaluation;
+pub mod odin;
 pub mod plots;
 pub mod report;
 pub mod scoring;
