@@ -58,6 +58,20 @@ fn train_calibrate_evaluate_writes_every_file() {
         assert!(std::fs::metadata(run_dir.join(fig)).unwrap().len() > 5_000, "{fig}");
     }
 
+    // The OOD benchmark: every detector on every set, written atomically.
+    let bench = dir.path().join("bench");
+    run(&["bench-ood", ckpt_s, "--data-dir", root, "--out", bench.to_str().unwrap(), "--fit-limit", "200", "--synthetic-count", "50"]);
+    let b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bench.join("bench-ood.json")).unwrap()).unwrap();
+    let detectors = b["detectors"].as_array().unwrap().len();
+    let sets = b["ood_sets"].as_array().unwrap().len();
+    assert!(detectors >= 9 && sets >= 5, "{detectors} detectors, {sets} sets");
+    assert_eq!(b["rows"].as_array().unwrap().len(), detectors * sets);
+    for row in b["rows"].as_array().unwrap() {
+        let auroc = row["auroc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auroc), "{row}");
+    }
+    assert!(std::fs::read_to_string(bench.join("bench-ood.md")).unwrap().contains("| MSP |"));
+
     // Prediction on image files: MNIST test digits written as inverted, enlarged PGMs.
     let (_, test) = mnist().unwrap();
     let mut files = Vec::new();

@@ -14,6 +14,7 @@ tasks:
   presets           list the model presets
   calibrate [ARGS]  calibrate the default run's checkpoint (runs/default/calibration.json)
   evaluate [ARGS]   evaluate it on the test set into runs/default/report
+  bench-ood [ARGS]  every OOD detector on near/far/synthetic OOD sets (runs/default/bench-ood)
   demo              train, calibrate and evaluate the default model, end to end
   inspect [CKPT]    describe a checkpoint (default runs/default/checkpoint.safetensors)
   ci                run what CI runs (.ci/run)
@@ -82,6 +83,11 @@ fn main() -> Result<()> {
         "evaluate" => {
             let mut a = vec!["evaluate".to_string(), default_checkpoint];
             a.extend(with_default(rest, "--out", "runs/default/report"));
+            ood(&[], &a)
+        }
+        "bench-ood" => {
+            let mut a = vec!["bench-ood".to_string(), default_checkpoint];
+            a.extend(with_default(rest, "--out", "runs/default/bench-ood"));
             ood(&[], &a)
         }
         "demo" => {

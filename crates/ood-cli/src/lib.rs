@@ -57,6 +57,8 @@ pub enum Command {
     Calibrate(Box<commands::eval::CalibrateArgs>),
     /// Evaluate a calibrated checkpoint on the test set; writes a report folder.
     Evaluate(Box<commands::eval::EvaluateArgs>),
+    /// Compare every OOD detector on near, far and synthetic OOD sets.
+    BenchOod(Box<commands::eval::BenchOodArgs>),
     /// Classify image files, or say they are unknown.
     Predict(Box<commands::predict::PredictArgs>),
     /// Describe a checkpoint: configuration, classes, epoch, metrics.
@@ -92,6 +94,7 @@ where
         Command::Train(args) => commands::train::run(&args),
         Command::Calibrate(args) => commands::eval::calibrate(&args),
         Command::Evaluate(args) => commands::eval::evaluate(&args),
+        Command::BenchOod(args) => commands::eval::bench_ood(&args),
         Command::Predict(args) => commands::predict::run(&args),
         Command::Inspect { checkpoint, json } => commands::inspect::checkpoint(&checkpoint, json),
     }

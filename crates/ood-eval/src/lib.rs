@@ -10,6 +10,7 @@
 //! It does not train (that is `ood-train`) and it holds no metric maths of its own (that is
 //! `ood-calibrate`, which works on plain arrays).
 
+pub mod bench_ood;
 pub mod calibration;
 pub mod evaluation;
 pub mod odin;

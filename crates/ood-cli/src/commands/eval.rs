@@ -139,3 +139,76 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     println!("report: {}", args.out.join("report.md").display());
     Ok(())
 }
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchOodArgs {
+    /// The checkpoint (calibrated first with `ood calibrate`).
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Folder for bench-ood.json and bench-ood.md.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// An extra OOD set: NAME=DIR, a folder of IDX files (its test split, else its train split).
+    #[arg(long = "ood-dir", value_name = "NAME=DIR")]
+    pub ood_dirs: Vec<String>,
+    /// Training images used to fit Mahalanobis and KNN.
+    #[arg(long, default_value_t = 20_000)]
+    pub fit_limit: usize,
+    /// Images in each synthetic OOD set (noise, rotated digits).
+    #[arg(long, default_value_t = 2_000)]
+    pub synthetic_count: usize,
+    /// The calibration to use (default: calibration.json beside the checkpoint).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+fn load_any_split(dir: &DatasetDir) -> Result<ood_data::LabeledImages> {
+    let split = if dir.has_split(Split::Test) { Split::Test } else { Split::Train };
+    Ok(dir.load(split)?)
+}
+
+pub fn bench_ood(args: &BenchOodArgs) -> Result<()> {
+    use ood_eval::bench_ood::{bench_ood, markdown, synthetic_sets, write_bench, BenchConfig, OodSet};
+    let device = args.device.open()?;
+    let model = load_model(&args.checkpoint, &device)?;
+    let cal_path = args.calibration.clone().unwrap_or_else(|| default_calibration_path(&args.checkpoint));
+    let calibration = ood_eval::read_calibration(&cal_path, &args.checkpoint)?;
+    let splits = load_splits(&args.data, &model)?;
+    let limit = model.train.limit;
+    let mut sets = vec![OodSet::from_images(&format!("MNIST {:?}", model.train.unknown_classes), &splits.test_unknown)];
+    let root = resolve_data_root(args.data.data_dir.as_deref());
+    if let Ok(dir) = DatasetDir::in_root(&root, FASHION_MNIST) {
+        sets.push(OodSet::from_images("Fashion-MNIST", &load_any_split(&dir)?.truncated(limit)));
+    }
+    sets.extend(synthetic_sets(&splits.test_known, args.synthetic_count.min(limit.unwrap_or(usize::MAX)), model.train.seed));
+    for spec in &args.ood_dirs {
+        let (name, dir) = spec
+            .split_once('=')
+            .with_context(|| format!("--ood-dir {spec:?}: expected NAME=DIR"))?;
+        let data = load_any_split(&DatasetDir::at(dir)?)?.truncated(limit);
+        anyhow::ensure!(data.images.rows == 28 && data.images.cols == 28, "{dir}: images are {}x{}, not 28x28", data.images.rows, data.images.cols);
+        sets.push(OodSet::from_images(name, &data));
+    }
+    let config = BenchConfig {
+        fit_limit: args.fit_limit,
+        ..Default::default()
+    };
+    let result = bench_ood(
+        &model.net,
+        &model.train,
+        &calibration,
+        &splits.train,
+        &splits.validation,
+        &splits.test_known,
+        &sets,
+        &config,
+        &device,
+    )?;
+    write_bench(&args.out, &result)?;
+    println!("{}", markdown(&result));
+    println!("({:.0} s) wrote {}", result.seconds, args.out.join("bench-ood.json").display());
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! The OOD benchmark: every detector, measured the same way, on near, far and synthetic OOD
+//! sets against the known test digits.
+
+use crate::calibration::{synthesize_ood, Calibration};
+use crate::odin::{perturbed_logits, OdinConfig};
+use crate::scoring::{score_images, ScoredSet};
+use crate::{EvalError, Result};
+use candle_core::Device;
+use ood_calibrate::detectors::{standard_detectors, Combined, Detector, Energy, Fused, Knn, Mahalanobis, Msp, Reconstruction, Samples, TemperatureMsp};
+use ood_calibrate::{ood_metrics, OodMetrics};
+use ood_data::batch::{stream_rng, to_unit_f32};
+use ood_data::noise::OodTransform;
+use ood_data::LabeledImages;
+use ood_model::OodNet;
+use ood_train::TrainConfig;
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::Path;
+
+const FIT_STREAM: u64 = 40;
+const ID_STREAM: u64 = 41;
+const SET_STREAM: u64 = 42;
+const CALIB_ID_STREAM: u64 = 60;
+const CALIB_OOD_STREAM: u64 = 61;
+const SYNTH_STREAM: u64 = 70;
+
+/// An OOD set: a name and its images (f32 in [0, 1], 28x28 each).
+#[derive(Debug, Clone)]
+pub struct OodSet {
+    pub name: String,
+    pub pixels: Vec<f32>,
+}
+
+impl OodSet {
+    pub fn from_images(name: &str, data: &LabeledImages) -> Self {
+        Self {
+            name: name.to_string(),
+            pixels: to_unit_f32(data),
+        }
+    }
+}
+
+/// Synthetic OOD sets: Gaussian noise, uniform noise and digits turned a quarter turn.
+pub fn synthetic_sets(known_test: &LabeledImages, count: usize, seed: u64) -> Vec<OodSet> {
+    let per = known_test.images.pixels_per_image();
+    let side = known_test.images.rows;
+    let mut rng = stream_rng(seed, SYNTH_STREAM, 0);
+    let normal = Normal::new(0.5f32, 0.25).expect("valid");
+    let gaussian: Vec<f32> = (0..count * per).map(|_| normal.sample(&mut rng).clamp(0.0, 1.0)).collect();
+    let uniform: Vec<f32> = (0..count * per).map(|_| rng.random::<f32>()).collect();
+    let digits = to_unit_f32(known_test);
+    let n = count.min(known_test.len());
+    let mut rotated = Vec::with_capacity(n * per);
+    for img in digits.chunks_exact(per).take(n) {
+        rotated.extend(OodTransform::Rotate90.apply(img, side, side, &mut rng));
+    }
+    vec![
+        OodSet { name: "Gaussian noise".into(), pixels: gaussian },
+        OodSet { name: "uniform noise".into(), pixels: uniform },
+        OodSet { name: "rotated digits".into(), pixels: rotated },
+    ]
+}
+
+/// How to run the benchmark.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchConfig {
+    /// Training images used to fit the feature-based detectors (Mahalanobis, KNN).
+    pub fit_limit: usize,
+    pub odin: OdinConfig,
+    pub knn_k: usize,
+    pub batch_size: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            fit_limit: 20_000,
+            odin: OdinConfig::default(),
+            knn_k: 50,
+            batch_size: 500,
+        }
+    }
+}
+
+/// One detector on one OOD set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchRow {
+    pub detector: String,
+    pub ood_set: String,
+    #[serde(flatten)]
+    pub metrics: OodMetrics,
+}
+
+/// The benchmark's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub checkpoint_sha256: String,
+    pub closed_set_accuracy: f64,
+    pub n_in_distribution: usize,
+    pub ood_sets: Vec<(String, usize)>,
+    pub detectors: Vec<String>,
+    pub rows: Vec<BenchRow>,
+    pub config: BenchConfig,
+    pub seconds: f64,
+}
+
+fn samples(s: &ScoredSet) -> Result<Samples<'_>> {
+    Ok(Samples::new(&s.logits, &s.features, &s.recon_error, s.num_classes, s.feature_dim)?)
+}
+
+/// Runs every detector. `fit` are known-class training images (for Mahalanobis and KNN),
+/// `validation` the calibration hold-out (for the fused detector), `known_test` the
+/// in-distribution test set.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_ood(
+    net: &OodNet,
+    train: &TrainConfig,
+    calibration: &Calibration,
+    fit: &LabeledImages,
+    validation: &LabeledImages,
+    known_test: &LabeledImages,
+    ood_sets: &[OodSet],
+    config: &BenchConfig,
+    device: &Device,
+) -> Result<BenchResult> {
+    let started = std::time::Instant::now();
+    let classes = train.classes();
+    let score = |pixels: &[f32], stream: u64| score_images(net, pixels, &train.noise, train.seed, stream, config.batch_size, device);
+    let fit = fit.clone().truncated(Some(config.fit_limit));
+    let fit_labels: Vec<usize> = fit.labels.iter().map(|&l| classes.class_index(l).expect("known")).collect();
+    let fit_set = score(&to_unit_f32(&fit), FIT_STREAM)?;
+    let id = score(&to_unit_f32(known_test), ID_STREAM)?;
+    let truth: Vec<usize> = known_test.labels.iter().map(|&l| classes.class_index(l).expect("known")).collect();
+    let closed = id.predictions.iter().zip(&truth).filter(|(p, t)| p == t).count() as f64 / truth.len().max(1) as f64;
+    let sets: Vec<ScoredSet> = ood_sets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| score(&s.pixels, SET_STREAM + i as u64))
+        .collect::<Result<_>>()?;
+
+    // Calibration set for the fused detector: held-out digits and synthetic OOD, as in calibration.
+    let val_pixels = to_unit_f32(validation);
+    let synth = synthesize_ood(net, &val_pixels, &OodTransform::REPORT, train, config.batch_size, device)?;
+    let calib_id = score(&val_pixels, CALIB_ID_STREAM)?;
+    let calib_ood = score(&synth, CALIB_OOD_STREAM)?;
+
+    let mut detectors: Vec<Box<dyn Detector>> = standard_detectors();
+    detectors.push(Box::new(Combined(calibration.rule)));
+    let fit_samples = samples(&fit_set)?;
+    for d in detectors.iter_mut() {
+        d.fit(&fit_samples, &fit_labels)?;
+    }
+    let mut fused = Fused::new(vec![
+        Box::new(Msp),
+        Box::new(Energy::default()),
+        Box::new(Mahalanobis::new()),
+        Box::new(Knn::new(config.knn_k)),
+        Box::new(Reconstruction),
+    ]);
+    fused.fit(&fit_samples, &fit_labels)?;
+    fused.fit_fused(&samples(&calib_id)?, &samples(&calib_ood)?)?;
+    detectors.push(Box::new(fused));
+
+    let mut rows = Vec::new();
+    let id_samples = samples(&id)?;
+    let id_scores: Vec<Vec<f64>> = detectors.iter().map(|d| d.score(&id_samples)).collect::<Result<_, _>>()?;
+    // ODIN: temperature-scaled max softmax of the perturbed images.
+    let odin = TemperatureMsp { temperature: config.odin.temperature };
+    let odin_scores = |pixels: &[f32]| -> Result<Vec<f64>> {
+        let logits = perturbed_logits(net, pixels, &config.odin, config.batch_size, device)?;
+        Ok(odin.score(&Samples::new(&logits, &[], &[], net.config.num_classes, 0)?)?)
+    };
+    let odin_id = odin_scores(&to_unit_f32(known_test))?;
+    let odin_name = format!("ODIN(T={}, eps={})", config.odin.temperature, config.odin.epsilon);
+    for (set, scored) in ood_sets.iter().zip(&sets) {
+        let s = samples(scored)?;
+        for (d, id_s) in detectors.iter().zip(&id_scores) {
+            rows.push(BenchRow {
+                detector: d.name(),
+                ood_set: set.name.clone(),
+                metrics: ood_metrics(id_s, &d.score(&s)?)?,
+            });
+        }
+        rows.push(BenchRow {
+            detector: odin_name.clone(),
+            ood_set: set.name.clone(),
+            metrics: ood_metrics(&odin_id, &odin_scores(&set.pixels)?)?,
+        });
+    }
+    let mut names: Vec<String> = detectors.iter().map(|d| d.name()).collect();
+    names.push(odin_name);
+    Ok(BenchResult {
+        checkpoint_sha256: calibration.checkpoint_sha256.clone(),
+        closed_set_accuracy: closed,
+        n_in_distribution: id.len(),
+        ood_sets: ood_sets.iter().map(|s| (s.name.clone(), s.pixels.len() / (net.config.image_size * net.config.image_size))).collect(),
+        detectors: names,
+        rows,
+        config: config.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The result as Markdown: AUROC and FPR@95 tables with detectors as rows, OOD sets as columns.
+pub fn markdown(result: &BenchResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "In-distribution: {} known test digits (closed-set accuracy {:.2}%). OOD sets: {}.\n",
+        result.n_in_distribution,
+        100.0 * result.closed_set_accuracy,
+        result.ood_sets.iter().map(|(n, c)| format!("{n} ({c})")).collect::<Vec<_>>().join(", ")
+    );
+    let sets: Vec<&String> = result.ood_sets.iter().map(|(n, _)| n).collect();
+    for (title, get) in [
+        ("AUROC", (|m: &OodMetrics| format!("{:.4}", m.auroc)) as fn(&OodMetrics) -> String),
+        ("FPR at 95% TPR", |m: &OodMetrics| format!("{:.2}%", 100.0 * m.fpr_at_95_tpr)),
+        ("AUPR (OOD positive)", |m: &OodMetrics| format!("{:.4}", m.aupr_out)),
+    ] {
+        let _ = writeln!(s, "**{title}**\n\n| detector | {} |\n|---|{}", sets.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" | "), "---|".repeat(sets.len()));
+        for d in &result.detectors {
+            let cells: Vec<String> = sets
+                .iter()
+                .map(|set| {
+                    result
+                        .rows
+                        .iter()
+                        .find(|r| &r.detector == d && &&r.ood_set == set)
+                        .map_or("-".into(), |r| get(&r.metrics))
+                })
+                .collect();
+            let _ = writeln!(s, "| {d} | {} |", cells.join(" | "));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Writes `bench-ood.json` and `bench-ood.md` into `dir`, atomically.
+pub fn write_bench(dir: &Path, result: &BenchResult) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| EvalError::Io(dir.to_path_buf(), e))?;
+    let json = serde_json::to_string_pretty(result).expect("serialises");
+    for (name, text) in [("bench-ood.json", json), ("bench-ood.md", markdown(result))] {
+        let path = dir.join(name);
+        ood_data::atomic::write_atomic(&path, text.as_bytes()).map_err(|e| EvalError::Io(path.clone(), e))?;
+    }
+    Ok(())
+}
