@@ -5,6 +5,8 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod studies;
+
 const USAGE: &str = "usage: cargo xtask <task> [args...]
 
 tasks:
@@ -15,8 +17,12 @@ tasks:
   calibrate [ARGS]  calibrate the default run's checkpoint (runs/default/calibration.json)
   evaluate [ARGS]   evaluate it on the test set into runs/default/report
   bench-ood [ARGS]  every OOD detector on near/far/synthetic OOD sets (runs/default/bench-ood)
+  ablate [ARGS]     the ablations (k, std loss, decoder) into runs/ablate (ARGS go to every
+                    `ood train`, e.g. --epochs 2; --root DIR moves the study)
+  sweep [ARGS]      ten models, each with one digit unknown, into runs/sweep (resumable)
   demo              train, calibrate and evaluate the default model, end to end
   inspect [CKPT]    describe a checkpoint (default runs/default/checkpoint.safetensors)
+  bench [ARGS]      measure training and inference throughput (`ood bench`; --quick: about a minute)
   ci                run what CI runs (.ci/run)
 
 Data: --data-dir DIR, or OOD_DATA_DIR, else assets/data.";
@@ -29,7 +35,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Runs `cargo run --release -p ood-cli [--features F] -- ARGS` from the workspace root.
-fn ood(features: &[&str], args: &[String]) -> Result<()> {
+pub(crate) fn ood(features: &[&str], args: &[String]) -> Result<()> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root())
         .args(["run", "--quiet", "--release", "--package", "ood-cli", "--bin", "ood"]);
@@ -65,7 +71,7 @@ fn main() -> Result<()> {
             a.extend(with_default(rest, "--out", "runs/default"));
             ood(&[], &a)
         }
-        "data-info" | "presets" => {
+        "data-info" | "presets" | "bench" => {
             let mut a = vec![task.clone()];
             a.extend(rest.iter().cloned());
             ood(&[], &a)
@@ -90,6 +96,8 @@ fn main() -> Result<()> {
             a.extend(with_default(rest, "--out", "runs/default/bench-ood"));
             ood(&[], &a)
         }
+        "ablate" => studies::ablate(rest),
+        "sweep" => studies::sweep(rest),
         "demo" => {
             let mut a = vec!["train".to_string()];
             a.extend(with_default(rest, "--out", "runs/default"));

@@ -59,6 +59,8 @@ pub enum Command {
     Evaluate(Box<commands::eval::EvaluateArgs>),
     /// Compare every OOD detector on near, far and synthetic OOD sets.
     BenchOod(Box<commands::eval::BenchOodArgs>),
+    /// Measure training and inference throughput on this machine.
+    Bench(Box<commands::bench::BenchArgs>),
     /// Classify image files, or say they are unknown.
     Predict(Box<commands::predict::PredictArgs>),
     /// Describe a checkpoint: configuration, classes, epoch, metrics.
@@ -95,6 +97,7 @@ where
         Command::Calibrate(args) => commands::eval::calibrate(&args),
         Command::Evaluate(args) => commands::eval::evaluate(&args),
         Command::BenchOod(args) => commands::eval::bench_ood(&args),
+        Command::Bench(args) => commands::bench::run(&args),
         Command::Predict(args) => commands::predict::run(&args),
         Command::Inspect { checkpoint, json } => commands::inspect::checkpoint(&checkpoint, json),
     }

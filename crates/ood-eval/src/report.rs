@@ -207,7 +207,8 @@ fn markdown(checkpoint: &Path, c: &Calibration, e: &Evaluation) -> String {
         c.auroc_recon
     );
     s.push_str(&summary_table(e));
-    let _ = writeln!(s, "\n## Confusion matrix (rows: true label, columns: predicted; OOD counts as {:?})\n", e.unknown_classes.first());
+    let ood_as = e.unknown_classes.first().map_or("-".to_string(), |l| l.to_string());
+    let _ = writeln!(s, "\n## Confusion matrix (rows: true label, columns: predicted; OOD counts as {ood_as})\n");
     let _ = writeln!(s, "| true \\ predicted | {} |", e.confusion_labels.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" | "));
     let _ = writeln!(s, "|---|{}", "---|".repeat(e.confusion_labels.len()));
     for (l, row) in e.confusion_labels.iter().zip(&e.confusion) {

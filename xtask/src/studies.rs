@@ -1,0 +1,181 @@
+//! Multi-model studies: the ablations and the leave-one-digit-out sweep. Each model lives in
+//! its own run folder; finished stages are detected from their files and not redone, so an
+//! interrupted study resumes where it stopped.
+
+use crate::ood;
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Extra `ood train` flags shared by every model of a study (`--epochs 2`, `--limit 5000`, ...).
+pub struct StudyArgs {
+    pub train_flags: Vec<String>,
+    pub data_flags: Vec<String>,
+    pub root: PathBuf,
+}
+
+impl StudyArgs {
+    /// Splits `args` into data flags (`--data-dir DIR`), `--root DIR` and the rest for training.
+    pub fn parse(args: &[String], default_root: &str) -> Result<Self> {
+        let mut out = StudyArgs {
+            train_flags: Vec::new(),
+            data_flags: Vec::new(),
+            root: PathBuf::from(default_root),
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--data-dir" => out.data_flags.extend(["--data-dir".to_string(), it.next().context("--data-dir needs a value")?.clone()]),
+                "--root" => out.root = PathBuf::from(it.next().context("--root needs a value")?),
+                _ => out.train_flags.push(a.clone()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Whether the run folder holds a checkpoint that finished all its epochs.
+fn trained(dir: &Path) -> bool {
+    let ck = dir.join("checkpoint.safetensors");
+    let Ok(bytes) = std::fs::read(&ck) else { return false };
+    // The safetensors header is JSON after an 8-byte length; the metadata holds epoch/epochs.
+    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize) else { return false };
+    let Some(header) = bytes.get(8..8 + len) else { return false };
+    let Ok(h) = serde_json::from_slice::<Value>(header) else { return false };
+    let Some(meta) = h["__metadata__"]["candle-ood"].as_str().and_then(|m| serde_json::from_str::<Value>(m).ok()) else { return false };
+    meta["epoch"].as_u64().is_some() && meta["epoch"] == meta["training"]["epochs"] && meta["batch_in_epoch"] == 0
+}
+
+/// Trains (or resumes), calibrates and evaluates one model; returns evaluate's metrics.json.
+fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool) -> Result<Value> {
+    let d = dir.display().to_string();
+    let ckpt = format!("{d}/checkpoint.safetensors");
+    if !trained(dir) {
+        let mut a = vec!["train".to_string(), "--out".into(), d.clone()];
+        if dir.join("checkpoint.safetensors").exists() {
+            a.push("--resume".into());
+        }
+        a.extend(study.train_flags.iter().cloned());
+        a.extend(extra_train.iter().cloned());
+        a.extend(study.data_flags.iter().cloned());
+        ood(&[], &a)?;
+    }
+    if !dir.join("report/metrics.json").exists() {
+        let mut a = vec!["calibrate".to_string(), ckpt.clone()];
+        a.extend(study.data_flags.iter().cloned());
+        ood(&[], &a)?;
+        let mut a = vec!["evaluate".to_string(), ckpt.clone(), "--out".into(), format!("{d}/report")];
+        a.extend(study.data_flags.iter().cloned());
+        ood(&[], &a)?;
+    }
+    if bench && !dir.join("bench/bench-ood.json").exists() {
+        let mut a = vec!["bench-ood".to_string(), ckpt, "--out".into(), format!("{d}/bench"), "--fit-limit".into(), "10000".into()];
+        a.extend(study.data_flags.iter().cloned());
+        ood(&[], &a)?;
+    }
+    read_json(&dir.join("report/metrics.json"))
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{:.2}%", 100.0 * x))
+}
+
+fn num(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.4}"))
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The ablations: k in {0, 1, 5}, the std loss off / intended / literal, the decoder off.
+pub fn ablate(args: &[String]) -> Result<()> {
+    let study = StudyArgs::parse(args, "runs/ablate")?;
+    let variants: [(&str, &str, &[&str]); 6] = [
+        ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
+        ("k1", "k = 1, std intended (the default)", &[]),
+        ("k5", "k = 5", &["--k", "5"]),
+        ("std-off", "std loss off", &["--lambda-std", "0"]),
+        ("std-literal", "std loss with the printed sign (-std)", &["--std-sign", "literal"]),
+        ("no-decoder", "decoder off (max softmax only)", &["--no-decoder"]),
+    ];
+    let started = Instant::now();
+    let mut md = String::new();
+    let _ = writeln!(md, "Command: `cargo xtask ablate {}`\n", args.join(" "));
+    let _ = writeln!(md, "| variant | zero accuracy | else accuracy | closed-set accuracy | AUROC max softmax (zeros) | AUROC max softmax (Fashion) | histograms |\n|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (name, what, flags) in variants {
+        let dir = study.root.join(name);
+        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        let m = run_model(&dir, &flags, &study, false)?;
+        let e = &m["evaluation"];
+        let fashion = e["far"].as_array().and_then(|f| f.first()).map(|f| f["msp"]["auroc"].clone()).unwrap_or(Value::Null);
+        let _ = writeln!(
+            md,
+            "| {what} | {} | {} | {} | {} | {} | [{name}]({name}/report/msp_hist.png) |",
+            pct(&e["unknown_detection"]),
+            pct(&e["known_accuracy"]),
+            pct(&e["closed_set_accuracy"]),
+            num(&e["near"]["msp"]["auroc"]),
+            num(&fashion)
+        );
+        rows.push(serde_json::json!({"variant": name, "description": what, "evaluation": e}));
+    }
+    let _ = writeln!(md, "\nWall time: {:.1} min (models already trained are not retrained).", started.elapsed().as_secs_f64() / 60.0);
+    write(&study.root.join("ablation.md"), &md)?;
+    write(&study.root.join("ablation.json"), &serde_json::to_string_pretty(&rows)?)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// Ten models, each trained with one digit unknown; AUROC per held-out digit.
+pub fn sweep(args: &[String]) -> Result<()> {
+    let study = StudyArgs::parse(args, "runs/sweep")?;
+    let started = Instant::now();
+    let mut md = String::new();
+    let _ = writeln!(md, "Command: `cargo xtask sweep {}`\n", args.join(" "));
+    let _ = writeln!(md, "| unknown digit | closed-set accuracy | AUROC MSP | best detector | its AUROC | zero accuracy (rule) | else accuracy (rule) |\n|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for digit in 0..=9u8 {
+        let dir = study.root.join(format!("digit{digit}"));
+        let known: Vec<String> = (0..=9u8).filter(|&d| d != digit).map(|d| d.to_string()).collect();
+        let flags = vec!["--known".to_string(), known.join(","), "--unknown".into(), digit.to_string()];
+        let m = run_model(&dir, &flags, &study, true)?;
+        let b = read_json(&dir.join("bench/bench-ood.json"))?;
+        let near = b["ood_sets"][0][0].as_str().unwrap_or_default().to_string();
+        let near_rows: Vec<&Value> = b["rows"].as_array().into_iter().flatten().filter(|r| r["ood_set"] == near.as_str()).collect();
+        let msp = near_rows.iter().find(|r| r["detector"] == "MSP").map(|r| r["auroc"].clone()).unwrap_or(Value::Null);
+        let best = near_rows
+            .iter()
+            .filter(|r| r["detector"] != "Combined")
+            .max_by(|a, b| a["auroc"].as_f64().unwrap_or(0.0).total_cmp(&b["auroc"].as_f64().unwrap_or(0.0)));
+        let (best_name, best_auroc) = best.map_or(("-".to_string(), Value::Null), |r| (r["detector"].as_str().unwrap_or("-").to_string(), r["auroc"].clone()));
+        let e = &m["evaluation"];
+        let _ = writeln!(
+            md,
+            "| {digit} | {} | {} | {best_name} | {} | {} | {} |",
+            pct(&b["closed_set_accuracy"]),
+            num(&msp),
+            num(&best_auroc),
+            pct(&e["unknown_detection"]),
+            pct(&e["known_accuracy"])
+        );
+        rows.push(serde_json::json!({"unknown": digit, "auroc_msp": msp, "best_detector": best_name, "best_auroc": best_auroc, "evaluation": e}));
+    }
+    let _ = writeln!(md, "\nWall time: {:.1} min (models already trained are not retrained).", started.elapsed().as_secs_f64() / 60.0);
+    write(&study.root.join("sweep.md"), &md)?;
+    write(&study.root.join("sweep.json"), &serde_json::to_string_pretty(&rows)?)?;
+    println!("{md}");
+    Ok(())
+}
