@@ -3,6 +3,12 @@
 //! Everything here is argument parsing, printing and wiring; the work itself lives in
 //! `ood-data`, `ood-model`, `ood-train` and `ood-calibrate`. [`run`] is the whole program, so
 //! tests can drive it in-process.
+//!
+//! ```
+//! // The same as running `ood presets` in a shell.
+//! ood_cli::run(["ood", "presets"])?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
 mod commands;
 

@@ -9,6 +9,20 @@
 //!
 //! It does not train (that is `ood-train`) and it holds no metric maths of its own (that is
 //! `ood-calibrate`, which works on plain arrays).
+//!
+//! ```
+//! // Score a few images with a fresh (untrained) tiny model: max softmax and reconstruction
+//! // error per image, as plain arrays.
+//! use candle_core::Device;
+//! let config = ood_model::preset("tiny", 9)?;
+//! let (_vars, net) = ood_model::build(&config, &Device::Cpu, 0)?;
+//! let pixels = vec![0.5f32; 3 * 28 * 28];
+//! let noise = ood_data::NoiseConfig::default();
+//! let scored = ood_eval::score_images(&net, &pixels, &noise, 0, 0, 2, &Device::Cpu)?;
+//! assert_eq!(scored.msp.len(), 3);
+//! assert!(scored.msp.iter().all(|m| (1.0 / 9.0..=1.0).contains(m)));
+//! # Ok::<(), ood_eval::EvalError>(())
+//! ```
 
 pub mod bench_ood;
 pub mod calibration;
