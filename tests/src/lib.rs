@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 pub fn data_root() -> Option<PathBuf> {
     let from_env = resolve_data_root(None);
     let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    [from_env, beside].into_iter().find(|p| p.join(MNIST).is_dir())
+    [from_env, beside]
+        .into_iter()
+        .find(|p| p.join(MNIST).is_dir())
 }
 
 /// MNIST's train and test splits, loaded once per test binary; `None` (with the reason
@@ -23,7 +25,10 @@ pub fn mnist() -> Option<&'static (LabeledImages, LabeledImages)> {
         };
         ood_model::configure_threads(None);
         let dir = DatasetDir::in_root(&root, MNIST).unwrap();
-        Some((dir.load(Split::Train).unwrap(), dir.load(Split::Test).unwrap()))
+        Some((
+            dir.load(Split::Train).unwrap(),
+            dir.load(Split::Test).unwrap(),
+        ))
     })
     .as_ref()
 }

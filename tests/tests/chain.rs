@@ -19,12 +19,28 @@ fn train_calibrate_evaluate_writes_every_file() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let run_dir_s = run_dir.to_str().unwrap();
-    run(&["train", "--data-dir", root, "--preset", "tiny", "--limit", "300", "--epochs", "1", "--batch-size", "32", "--out", run_dir_s]);
+    run(&[
+        "train",
+        "--data-dir",
+        root,
+        "--preset",
+        "tiny",
+        "--limit",
+        "300",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        run_dir_s,
+    ]);
     let ckpt = run_dir.join("checkpoint.safetensors");
     let ckpt_s = ckpt.to_str().unwrap();
     run(&["inspect", ckpt_s]);
     run(&["calibrate", ckpt_s, "--data-dir", root]);
-    let cal: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("calibration.json")).unwrap()).unwrap();
+    let cal: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("calibration.json")).unwrap())
+            .unwrap();
     assert_eq!(cal["n_in_distribution"], 300);
     assert_eq!(cal["n_synthetic_ood"], 300);
     assert_eq!(cal["checkpoint_sha256"].as_str().unwrap().len(), 64);
@@ -33,12 +49,26 @@ fn train_calibrate_evaluate_writes_every_file() {
     assert!(cal["roc_msp"].as_array().unwrap().len() >= 2);
 
     let report = dir.path().join("report");
-    run(&["evaluate", ckpt_s, "--data-dir", root, "--out", report.to_str().unwrap()]);
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report.join("metrics.json")).unwrap()).unwrap();
+    run(&[
+        "evaluate",
+        ckpt_s,
+        "--data-dir",
+        root,
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("metrics.json")).unwrap())
+            .unwrap();
     let e = &m["evaluation"];
     assert_eq!(e["n_known"], 300);
     assert_eq!(e["n_unknown"], 300);
-    for field in ["unknown_detection", "known_accuracy", "closed_set_accuracy", "oscr"] {
+    for field in [
+        "unknown_detection",
+        "known_accuracy",
+        "closed_set_accuracy",
+        "oscr",
+    ] {
         let v = e[field].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{field} = {v}");
     }
@@ -46,31 +76,68 @@ fn train_calibrate_evaluate_writes_every_file() {
     assert!((0.0..=1.0).contains(&auroc));
     let confusion = e["confusion"].as_array().unwrap();
     assert_eq!(confusion.len(), 10);
-    let total: u64 = confusion.iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(total, 600);
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("zero accuracy") && md.contains("AUROC"));
-    for fig in ["roc.png", "msp_hist.png", "recon_by_label.png", "top200_labels.png", "denoise_known.png", "denoise_unknown.png", "confusion.png"] {
+    for fig in [
+        "roc.png",
+        "msp_hist.png",
+        "recon_by_label.png",
+        "top200_labels.png",
+        "denoise_known.png",
+        "denoise_unknown.png",
+        "confusion.png",
+    ] {
         let bytes = std::fs::read(report.join(fig)).unwrap_or_else(|e| panic!("{fig}: {e}"));
-        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000, "{fig}: {} bytes", bytes.len());
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000,
+            "{fig}: {} bytes",
+            bytes.len()
+        );
     }
     for fig in ["calibration_msp_hist.png", "calibration_synthetic_ood.png"] {
-        assert!(std::fs::metadata(run_dir.join(fig)).unwrap().len() > 5_000, "{fig}");
+        assert!(
+            std::fs::metadata(run_dir.join(fig)).unwrap().len() > 5_000,
+            "{fig}"
+        );
     }
 
     // The OOD benchmark: every detector on every set, written atomically.
     let bench = dir.path().join("bench");
-    run(&["bench-ood", ckpt_s, "--data-dir", root, "--out", bench.to_str().unwrap(), "--fit-limit", "200", "--synthetic-count", "50"]);
-    let b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bench.join("bench-ood.json")).unwrap()).unwrap();
+    run(&[
+        "bench-ood",
+        ckpt_s,
+        "--data-dir",
+        root,
+        "--out",
+        bench.to_str().unwrap(),
+        "--fit-limit",
+        "200",
+        "--synthetic-count",
+        "50",
+    ]);
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bench.join("bench-ood.json")).unwrap())
+            .unwrap();
     let detectors = b["detectors"].as_array().unwrap().len();
     let sets = b["ood_sets"].as_array().unwrap().len();
-    assert!(detectors >= 9 && sets >= 5, "{detectors} detectors, {sets} sets");
+    assert!(
+        detectors >= 9 && sets >= 5,
+        "{detectors} detectors, {sets} sets"
+    );
     assert_eq!(b["rows"].as_array().unwrap().len(), detectors * sets);
     for row in b["rows"].as_array().unwrap() {
         let auroc = row["auroc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&auroc), "{row}");
     }
-    assert!(std::fs::read_to_string(bench.join("bench-ood.md")).unwrap().contains("| MSP |"));
+    assert!(std::fs::read_to_string(bench.join("bench-ood.md"))
+        .unwrap()
+        .contains("| MSP |"));
 
     // Prediction on image files: MNIST test digits written as inverted, enlarged PGMs.
     let (_, test) = mnist().unwrap();
@@ -92,14 +159,40 @@ fn train_calibrate_evaluate_writes_every_file() {
     let mut full = vec!["ood"];
     full.extend_from_slice(&args);
     let err = ood_cli::run(full).unwrap_err();
-    assert!(format!("{err:#}").contains("1 of 4 images could not be read"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("1 of 4 images could not be read"),
+        "{err:#}"
+    );
 
     // A calibration is refused for another checkpoint.
     let other = dir.path().join("other");
-    run(&["train", "--data-dir", root, "--preset", "tiny", "--limit", "64", "--epochs", "1", "--batch-size", "32", "--seed", "5", "--out", other.to_str().unwrap()]);
+    run(&[
+        "train",
+        "--data-dir",
+        root,
+        "--preset",
+        "tiny",
+        "--limit",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--seed",
+        "5",
+        "--out",
+        other.to_str().unwrap(),
+    ]);
     let err = ood_cli::run([
-        "ood", "evaluate", other.join("checkpoint.safetensors").to_str().unwrap(), "--data-dir", root,
-        "--out", dir.path().join("r2").to_str().unwrap(), "--calibration", run_dir.join("calibration.json").to_str().unwrap(),
+        "ood",
+        "evaluate",
+        other.join("checkpoint.safetensors").to_str().unwrap(),
+        "--data-dir",
+        root,
+        "--out",
+        dir.path().join("r2").to_str().unwrap(),
+        "--calibration",
+        run_dir.join("calibration.json").to_str().unwrap(),
     ])
     .unwrap_err();
     assert!(format!("{err:#}").contains("another checkpoint"), "{err:#}");

@@ -26,15 +26,39 @@ fn setup(limit: usize, epochs: usize) -> Option<(TrainConfig, Splits)> {
 
 #[test]
 fn loss_falls_and_accuracy_rises() {
-    let Some((config, splits)) = setup(640, 4) else { return };
+    let Some((config, splits)) = setup(640, 4) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let summary = train(&config, &splits, &Device::Cpu, dir.path(), false, &AtomicBool::new(false)).unwrap();
+    let summary = train(
+        &config,
+        &splits,
+        &Device::Cpu,
+        dir.path(),
+        false,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!(summary.outcome, Outcome::Finished);
     let h = &summary.history;
     assert_eq!(h.len(), 4);
-    assert!(h[3].loss < 0.9 * h[0].loss, "loss {} -> {}", h[0].loss, h[3].loss);
-    assert!(h[3].denoising < h[0].denoising, "denoising {} -> {}", h[0].denoising, h[3].denoising);
-    assert!(h[3].val_accuracy > 0.3, "validation accuracy {}", h[3].val_accuracy);
+    assert!(
+        h[3].loss < 0.9 * h[0].loss,
+        "loss {} -> {}",
+        h[0].loss,
+        h[3].loss
+    );
+    assert!(
+        h[3].denoising < h[0].denoising,
+        "denoising {} -> {}",
+        h[0].denoising,
+        h[3].denoising
+    );
+    assert!(
+        h[3].val_accuracy > 0.3,
+        "validation accuracy {}",
+        h[3].val_accuracy
+    );
     let meta = Checkpoint::read_meta(dir.path().join(CHECKPOINT_FILE)).unwrap();
     assert_eq!(meta.epoch, 4);
     let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
@@ -46,7 +70,12 @@ fn tensors(path: &std::path::Path) -> Vec<(String, Vec<f32>)> {
     let mut v: Vec<_> = ck
         .tensors
         .iter()
-        .map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -54,17 +83,43 @@ fn tensors(path: &std::path::Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
-    let Some((config, splits)) = setup(256, 2) else { return };
+    let Some((config, splits)) = setup(256, 2) else {
+        return;
+    };
     let straight = tempfile::tempdir().unwrap();
-    train(&config, &splits, &Device::Cpu, straight.path(), false, &AtomicBool::new(false)).unwrap();
+    train(
+        &config,
+        &splits,
+        &Device::Cpu,
+        straight.path(),
+        false,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
 
     // Interrupted after the first batch of the first epoch, then resumed to the end.
     let resumed = tempfile::tempdir().unwrap();
-    let s = train(&config, &splits, &Device::Cpu, resumed.path(), false, &AtomicBool::new(true)).unwrap();
+    let s = train(
+        &config,
+        &splits,
+        &Device::Cpu,
+        resumed.path(),
+        false,
+        &AtomicBool::new(true),
+    )
+    .unwrap();
     assert_eq!(s.outcome, Outcome::Interrupted);
     let meta = Checkpoint::read_meta(resumed.path().join(CHECKPOINT_FILE)).unwrap();
     assert_eq!((meta.epoch, meta.batch_in_epoch), (0, 1));
-    let s = train(&config, &splits, &Device::Cpu, resumed.path(), true, &AtomicBool::new(false)).unwrap();
+    let s = train(
+        &config,
+        &splits,
+        &Device::Cpu,
+        resumed.path(),
+        true,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!(s.outcome, Outcome::Finished);
 
     let a = tensors(&straight.path().join(CHECKPOINT_FILE));
@@ -78,21 +133,50 @@ fn resumed_run_equals_uninterrupted_run() {
     // Resuming with other arguments is refused.
     let mut other = config.clone();
     other.learning_rate *= 2.0;
-    let err = train(&other, &splits, &Device::Cpu, resumed.path(), true, &AtomicBool::new(false)).unwrap_err();
+    let err = train(
+        &other,
+        &splits,
+        &Device::Cpu,
+        resumed.path(),
+        true,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("other arguments"), "{err}");
 }
 
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
-    let Some((mut config, splits)) = setup(128, 2) else { return };
+    let Some((mut config, splits)) = setup(128, 2) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     config.epochs = 1;
-    train(&config, &splits, &Device::Cpu, dir.path(), false, &AtomicBool::new(false)).unwrap();
+    train(
+        &config,
+        &splits,
+        &Device::Cpu,
+        dir.path(),
+        false,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     let good = std::fs::read(dir.path().join(CHECKPOINT_FILE)).unwrap();
     // A learning rate of infinity blows the weights up on the first step of the next run.
     config.epochs = 2;
     config.learning_rate = f64::INFINITY;
-    let err = train(&config, &splits, &Device::Cpu, dir.path(), false, &AtomicBool::new(false)).unwrap_err();
+    let err = train(
+        &config,
+        &splits,
+        &Device::Cpu,
+        dir.path(),
+        false,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("NaN or infinite"), "{err}");
-    assert_eq!(std::fs::read(dir.path().join(CHECKPOINT_FILE)).unwrap(), good);
+    assert_eq!(
+        std::fs::read(dir.path().join(CHECKPOINT_FILE)).unwrap(),
+        good
+    );
 }

@@ -37,8 +37,15 @@ fn workspace_root() -> PathBuf {
 /// Runs `cargo run --release -p ood-cli [--features F] -- ARGS` from the workspace root.
 pub(crate) fn ood(features: &[&str], args: &[String]) -> Result<()> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root())
-        .args(["run", "--quiet", "--release", "--package", "ood-cli", "--bin", "ood"]);
+    cmd.current_dir(workspace_root()).args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "ood-cli",
+        "--bin",
+        "ood",
+    ]);
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
     }
@@ -52,7 +59,10 @@ pub(crate) fn ood(features: &[&str], args: &[String]) -> Result<()> {
 
 fn with_default(args: &[String], flag: &str, value: &str) -> Vec<String> {
     let mut out = args.to_vec();
-    if !args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+    if !args
+        .iter()
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    {
         out.extend([flag.to_string(), value.to_string()]);
     }
     out
@@ -103,7 +113,15 @@ fn main() -> Result<()> {
             a.extend(with_default(rest, "--out", "runs/default"));
             ood(&[], &a)?;
             ood(&[], &["calibrate".to_string(), default_checkpoint.clone()])?;
-            ood(&[], &["evaluate".into(), default_checkpoint, "--out".into(), "runs/default/report".into()])
+            ood(
+                &[],
+                &[
+                    "evaluate".into(),
+                    default_checkpoint,
+                    "--out".into(),
+                    "runs/default/report".into(),
+                ],
+            )
         }
         "inspect" => {
             let ckpt = rest.first().cloned().unwrap_or(default_checkpoint);

@@ -27,7 +27,10 @@ impl StudyArgs {
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
-                "--data-dir" => out.data_flags.extend(["--data-dir".to_string(), it.next().context("--data-dir needs a value")?.clone()]),
+                "--data-dir" => out.data_flags.extend([
+                    "--data-dir".to_string(),
+                    it.next().context("--data-dir needs a value")?.clone(),
+                ]),
                 "--root" => out.root = PathBuf::from(it.next().context("--root needs a value")?),
                 _ => out.train_flags.push(a.clone()),
             }
@@ -37,20 +40,39 @@ impl StudyArgs {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Whether the run folder holds a checkpoint that finished all its epochs.
 fn trained(dir: &Path) -> bool {
     let ck = dir.join("checkpoint.safetensors");
-    let Ok(bytes) = std::fs::read(&ck) else { return false };
+    let Ok(bytes) = std::fs::read(&ck) else {
+        return false;
+    };
     // The safetensors header is JSON after an 8-byte length; the metadata holds epoch/epochs.
-    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize) else { return false };
-    let Some(header) = bytes.get(8..8 + len) else { return false };
-    let Ok(h) = serde_json::from_slice::<Value>(header) else { return false };
-    let Some(meta) = h["__metadata__"]["candle-ood"].as_str().and_then(|m| serde_json::from_str::<Value>(m).ok()) else { return false };
-    meta["epoch"].as_u64().is_some() && meta["epoch"] == meta["training"]["epochs"] && meta["batch_in_epoch"] == 0
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+    else {
+        return false;
+    };
+    let Some(header) = bytes.get(8..8 + len) else {
+        return false;
+    };
+    let Ok(h) = serde_json::from_slice::<Value>(header) else {
+        return false;
+    };
+    let Some(meta) = h["__metadata__"]["candle-ood"]
+        .as_str()
+        .and_then(|m| serde_json::from_str::<Value>(m).ok())
+    else {
+        return false;
+    };
+    meta["epoch"].as_u64().is_some()
+        && meta["epoch"] == meta["training"]["epochs"]
+        && meta["batch_in_epoch"] == 0
 }
 
 /// Trains (or resumes), calibrates and evaluates one model; returns evaluate's metrics.json.
@@ -71,12 +93,24 @@ fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool)
         let mut a = vec!["calibrate".to_string(), ckpt.clone()];
         a.extend(study.data_flags.iter().cloned());
         ood(&[], &a)?;
-        let mut a = vec!["evaluate".to_string(), ckpt.clone(), "--out".into(), format!("{d}/report")];
+        let mut a = vec![
+            "evaluate".to_string(),
+            ckpt.clone(),
+            "--out".into(),
+            format!("{d}/report"),
+        ];
         a.extend(study.data_flags.iter().cloned());
         ood(&[], &a)?;
     }
     if bench && !dir.join("bench/bench-ood.json").exists() {
-        let mut a = vec!["bench-ood".to_string(), ckpt, "--out".into(), format!("{d}/bench"), "--fit-limit".into(), "10000".into()];
+        let mut a = vec![
+            "bench-ood".to_string(),
+            ckpt,
+            "--out".into(),
+            format!("{d}/bench"),
+            "--fit-limit".into(),
+            "10000".into(),
+        ];
         a.extend(study.data_flags.iter().cloned());
         ood(&[], &a)?;
     }
@@ -84,7 +118,8 @@ fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool)
 }
 
 fn pct(v: &Value) -> String {
-    v.as_f64().map_or("-".into(), |x| format!("{:.2}%", 100.0 * x))
+    v.as_f64()
+        .map_or("-".into(), |x| format!("{:.2}%", 100.0 * x))
 }
 
 fn num(v: &Value) -> String {
@@ -107,8 +142,16 @@ pub fn ablate(args: &[String]) -> Result<()> {
         ("k1", "k = 1, std intended (the default)", &[]),
         ("k5", "k = 5", &["--k", "5"]),
         ("std-off", "std loss off", &["--lambda-std", "0"]),
-        ("std-literal", "std loss with the printed sign (-std)", &["--std-sign", "literal"]),
-        ("no-decoder", "decoder off (max softmax only)", &["--no-decoder"]),
+        (
+            "std-literal",
+            "std loss with the printed sign (-std)",
+            &["--std-sign", "literal"],
+        ),
+        (
+            "no-decoder",
+            "decoder off (max softmax only)",
+            &["--no-decoder"],
+        ),
     ];
     let started = Instant::now();
     let mut md = String::new();
@@ -120,7 +163,11 @@ pub fn ablate(args: &[String]) -> Result<()> {
         let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
         let m = run_model(&dir, &flags, &study, false)?;
         let e = &m["evaluation"];
-        let fashion = e["far"].as_array().and_then(|f| f.first()).map(|f| f["msp"]["auroc"].clone()).unwrap_or(Value::Null);
+        let fashion = e["far"]
+            .as_array()
+            .and_then(|f| f.first())
+            .map(|f| f["msp"]["auroc"].clone())
+            .unwrap_or(Value::Null);
         let _ = writeln!(
             md,
             "| {what} | {} | {} | {} | {} | {} | [{name}]({name}/report/msp_hist.png) |",
@@ -132,9 +179,16 @@ pub fn ablate(args: &[String]) -> Result<()> {
         );
         rows.push(serde_json::json!({"variant": name, "description": what, "evaluation": e}));
     }
-    let _ = writeln!(md, "\nWall time: {:.1} min (models already trained are not retrained).", started.elapsed().as_secs_f64() / 60.0);
+    let _ = writeln!(
+        md,
+        "\nWall time: {:.1} min (models already trained are not retrained).",
+        started.elapsed().as_secs_f64() / 60.0
+    );
     write(&study.root.join("ablation.md"), &md)?;
-    write(&study.root.join("ablation.json"), &serde_json::to_string_pretty(&rows)?)?;
+    write(
+        &study.root.join("ablation.json"),
+        &serde_json::to_string_pretty(&rows)?,
+    )?;
     println!("{md}");
     Ok(())
 }
@@ -149,18 +203,45 @@ pub fn sweep(args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     for digit in 0..=9u8 {
         let dir = study.root.join(format!("digit{digit}"));
-        let known: Vec<String> = (0..=9u8).filter(|&d| d != digit).map(|d| d.to_string()).collect();
-        let flags = vec!["--known".to_string(), known.join(","), "--unknown".into(), digit.to_string()];
+        let known: Vec<String> = (0..=9u8)
+            .filter(|&d| d != digit)
+            .map(|d| d.to_string())
+            .collect();
+        let flags = vec![
+            "--known".to_string(),
+            known.join(","),
+            "--unknown".into(),
+            digit.to_string(),
+        ];
         let m = run_model(&dir, &flags, &study, true)?;
         let b = read_json(&dir.join("bench/bench-ood.json"))?;
         let near = b["ood_sets"][0][0].as_str().unwrap_or_default().to_string();
-        let near_rows: Vec<&Value> = b["rows"].as_array().into_iter().flatten().filter(|r| r["ood_set"] == near.as_str()).collect();
-        let msp = near_rows.iter().find(|r| r["detector"] == "MSP").map(|r| r["auroc"].clone()).unwrap_or(Value::Null);
+        let near_rows: Vec<&Value> = b["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["ood_set"] == near.as_str())
+            .collect();
+        let msp = near_rows
+            .iter()
+            .find(|r| r["detector"] == "MSP")
+            .map(|r| r["auroc"].clone())
+            .unwrap_or(Value::Null);
         let best = near_rows
             .iter()
             .filter(|r| r["detector"] != "Combined")
-            .max_by(|a, b| a["auroc"].as_f64().unwrap_or(0.0).total_cmp(&b["auroc"].as_f64().unwrap_or(0.0)));
-        let (best_name, best_auroc) = best.map_or(("-".to_string(), Value::Null), |r| (r["detector"].as_str().unwrap_or("-").to_string(), r["auroc"].clone()));
+            .max_by(|a, b| {
+                a["auroc"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    .total_cmp(&b["auroc"].as_f64().unwrap_or(0.0))
+            });
+        let (best_name, best_auroc) = best.map_or(("-".to_string(), Value::Null), |r| {
+            (
+                r["detector"].as_str().unwrap_or("-").to_string(),
+                r["auroc"].clone(),
+            )
+        });
         let e = &m["evaluation"];
         let _ = writeln!(
             md,
@@ -173,9 +254,16 @@ pub fn sweep(args: &[String]) -> Result<()> {
         );
         rows.push(serde_json::json!({"unknown": digit, "auroc_msp": msp, "best_detector": best_name, "best_auroc": best_auroc, "evaluation": e}));
     }
-    let _ = writeln!(md, "\nWall time: {:.1} min (models already trained are not retrained).", started.elapsed().as_secs_f64() / 60.0);
+    let _ = writeln!(
+        md,
+        "\nWall time: {:.1} min (models already trained are not retrained).",
+        started.elapsed().as_secs_f64() / 60.0
+    );
     write(&study.root.join("sweep.md"), &md)?;
-    write(&study.root.join("sweep.json"), &serde_json::to_string_pretty(&rows)?)?;
+    write(
+        &study.root.join("sweep.json"),
+        &serde_json::to_string_pretty(&rows)?,
+    )?;
     println!("{md}");
     Ok(())
 }

@@ -41,15 +41,22 @@ fn truncated_data_file_is_a_one_line_error_with_exit_code_1() {
     let (code, _, err) = ood(&["data-info", "--data-dir", root.path().to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("train-images-idx3-ubyte") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
+        "{err}"
+    );
 }
 
 #[test]
 fn corrupt_and_missing_data_are_errors() {
-    let root = data_root(|dir| std::fs::write(dir.join("t10k-labels-idx1-ubyte"), b"garbage!").unwrap());
+    let root =
+        data_root(|dir| std::fs::write(dir.join("t10k-labels-idx1-ubyte"), b"garbage!").unwrap());
     let (code, _, err) = ood(&["data-info", "--data-dir", root.path().to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("t10k-labels-idx1-ubyte") && err.contains("magic"), "{err}");
+    assert!(
+        err.contains("t10k-labels-idx1-ubyte") && err.contains("magic"),
+        "{err}"
+    );
 
     let empty = tempfile::tempdir().unwrap();
     let (code, _, err) = ood(&["data-info", "--data-dir", empty.path().to_str().unwrap()]);

@@ -56,10 +56,12 @@ impl<'a> Batcher<'a> {
             .labels
             .iter()
             .map(|&l| {
-                classes
-                    .class_index(l)
-                    .map(|c| c as u32)
-                    .ok_or_else(|| DataError::InvalidClasses(format!("label {l} is not a known class {:?}", classes.known)))
+                classes.class_index(l).map(|c| c as u32).ok_or_else(|| {
+                    DataError::InvalidClasses(format!(
+                        "label {l} is not a known class {:?}",
+                        classes.known
+                    ))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -119,7 +121,11 @@ impl<'a> Batcher<'a> {
     }
 
     /// All batches of one epoch, in order.
-    pub fn epoch(&self, epoch: usize, device: &'a Device) -> impl Iterator<Item = Result<Batch>> + '_ {
+    pub fn epoch(
+        &self,
+        epoch: usize,
+        device: &'a Device,
+    ) -> impl Iterator<Item = Result<Batch>> + '_ {
         let order = self.order(epoch);
         (0..self.num_batches()).map(move |i| self.batch(&order, i, device))
     }
@@ -127,7 +133,11 @@ impl<'a> Batcher<'a> {
 
 /// Pixels of a whole set as `f32` in [0, 1], for callers that batch by hand.
 pub fn to_unit_f32(data: &LabeledImages) -> Vec<f32> {
-    data.images.pixels.iter().map(|&p| p as f32 / 255.0).collect()
+    data.images
+        .pixels
+        .iter()
+        .map(|&p| p as f32 / 255.0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -152,8 +162,16 @@ mod tests {
         assert_eq!(batches[0].images.dims(), &[4, 1, 2, 2]);
         assert_eq!(batches[2].images.dims(), &[2, 1, 2, 2]);
         assert_eq!(batches[0].class_indices, vec![1, 2, 0, 1]);
-        assert_eq!(batches[0].targets.to_vec1::<u32>().unwrap(), vec![1, 2, 0, 1]);
-        let max = batches[2].images.max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(
+            batches[0].targets.to_vec1::<u32>().unwrap(),
+            vec![1, 2, 0, 1]
+        );
+        let max = batches[2]
+            .images
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((max - 234.0 / 255.0).abs() < 1e-6);
     }
 

@@ -45,8 +45,16 @@ pub fn write_candle_dataset(
     train: (&Tensor, &Tensor),
     test: (&Tensor, &Tensor),
 ) -> Result<()> {
-    write_split(dir, Split::Train, &labeled_images_from_tensors(train.0, train.1)?)?;
-    write_split(dir, Split::Test, &labeled_images_from_tensors(test.0, test.1)?)
+    write_split(
+        dir,
+        Split::Train,
+        &labeled_images_from_tensors(train.0, train.1)?,
+    )?;
+    write_split(
+        dir,
+        Split::Test,
+        &labeled_images_from_tensors(test.0, test.1)?,
+    )
 }
 
 /// Downloads MNIST from the Hugging Face hub (`ylecun/mnist`) into `root/mnist/`.

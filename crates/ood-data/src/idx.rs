@@ -174,13 +174,19 @@ fn encode(magic: u32, dims: &[usize], payload: &[u8], gzip: bool) -> Vec<u8> {
 pub fn write_images(path: impl AsRef<Path>, images: &Images) -> Result<()> {
     let path = path.as_ref();
     let dims = [images.len(), images.rows, images.cols];
-    write_atomic(path, &encode(IMAGES_MAGIC, &dims, &images.pixels, is_gz(path)))
+    write_atomic(
+        path,
+        &encode(IMAGES_MAGIC, &dims, &images.pixels, is_gz(path)),
+    )
 }
 
 /// Writes an IDX label file atomically; gzip-compressed when `path` ends in `.gz`.
 pub fn write_labels(path: impl AsRef<Path>, labels: &[u8]) -> Result<()> {
     let path = path.as_ref();
-    write_atomic(path, &encode(LABELS_MAGIC, &[labels.len()], labels, is_gz(path)))
+    write_atomic(
+        path,
+        &encode(LABELS_MAGIC, &[labels.len()], labels, is_gz(path)),
+    )
 }
 
 fn is_gz(path: &Path) -> bool {

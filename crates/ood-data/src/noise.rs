@@ -138,7 +138,11 @@ impl OodTransform {
     pub fn apply(&self, image: &[f32], rows: usize, cols: usize, rng: &mut impl Rng) -> Vec<f32> {
         match *self {
             OodTransform::Rotate90 => rotate90(image, rows, cols),
-            OodTransform::Rotate270 => rotate90(&rotate90(&rotate90(image, rows, cols), cols, rows), rows, cols),
+            OodTransform::Rotate270 => rotate90(
+                &rotate90(&rotate90(image, rows, cols), cols, rows),
+                rows,
+                cols,
+            ),
             OodTransform::HeavyOcclusion { min, max } => {
                 let mut out = image.to_vec();
                 occlude(&mut out, rows, cols, (min, max), 1.0, rng);

@@ -84,7 +84,12 @@ impl LabeledImages {
 
     /// How many items carry each label 0..=255 (only the used prefix is returned).
     pub fn label_histogram(&self) -> Vec<usize> {
-        let max = self.labels.iter().copied().max().map_or(0, |m| m as usize + 1);
+        let max = self
+            .labels
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1);
         let mut hist = vec![0; max];
         for &l in &self.labels {
             hist[l as usize] += 1;
@@ -205,7 +210,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = DatasetDir::in_root(dir.path(), MNIST).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("fetch-data") && msg.contains(DATA_DIR_ENV), "{msg}");
+        assert!(
+            msg.contains("fetch-data") && msg.contains(DATA_DIR_ENV),
+            "{msg}"
+        );
     }
 
     #[test]

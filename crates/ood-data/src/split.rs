@@ -191,9 +191,25 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), 90);
         assert!(!a.train.labels.contains(&0));
-        let c = Splits::new(&train, &test, &SplitConfig { seed: 8, ..cfg.clone() }).unwrap();
+        let c = Splits::new(
+            &train,
+            &test,
+            &SplitConfig {
+                seed: 8,
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
         assert_ne!(a.validation, c.validation);
-        let limited = Splits::new(&train, &test, &SplitConfig { limit: Some(5), ..cfg }).unwrap();
+        let limited = Splits::new(
+            &train,
+            &test,
+            &SplitConfig {
+                limit: Some(5),
+                ..cfg
+            },
+        )
+        .unwrap();
         assert_eq!(limited.train.len(), 5);
         assert_eq!(limited.validation.len(), 5);
     }

@@ -21,7 +21,10 @@ fn mnist() -> Option<&'static (LabeledImages, LabeledImages)> {
             return None;
         };
         let ds = DatasetDir::at(dir).unwrap();
-        Some((ds.load(Split::Train).unwrap(), ds.load(Split::Test).unwrap()))
+        Some((
+            ds.load(Split::Train).unwrap(),
+            ds.load(Split::Test).unwrap(),
+        ))
     })
     .as_ref()
 }
@@ -67,11 +70,28 @@ fn noise_on_real_digits_stays_in_range_and_changes_them() {
     let Some((train, _)) = mnist() else { return };
     let clean = ood_data::batch::to_unit_f32(&train.select(&(0..64).collect::<Vec<_>>()));
     let mut noised = clean.clone();
-    corrupt_batch(&mut noised, 28, 28, &NoiseConfig::default(), &mut stream_rng(3, 0, 0));
+    corrupt_batch(
+        &mut noised,
+        28,
+        28,
+        &NoiseConfig::default(),
+        &mut stream_rng(3, 0, 0),
+    );
     assert!(noised.iter().all(|p| (0.0..=1.0).contains(p)));
-    let mse: f32 = clean.iter().zip(&noised).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / clean.len() as f32;
+    let mse: f32 = clean
+        .iter()
+        .zip(&noised)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f32>()
+        / clean.len() as f32;
     assert!(mse > 0.05, "noise too weak: mse {mse}");
     let mut again = clean.clone();
-    corrupt_batch(&mut again, 28, 28, &NoiseConfig::default(), &mut stream_rng(3, 0, 0));
+    corrupt_batch(
+        &mut again,
+        28,
+        28,
+        &NoiseConfig::default(),
+        &mut stream_rng(3, 0, 0),
+    );
     assert_eq!(noised, again, "the same seed gives the same noise");
 }

@@ -6,7 +6,10 @@ use crate::odin::{perturbed_logits, OdinConfig};
 use crate::scoring::{score_images, ScoredSet};
 use crate::{EvalError, Result};
 use candle_core::Device;
-use ood_calibrate::detectors::{standard_detectors, Combined, Detector, Energy, Fused, Knn, Mahalanobis, Msp, Reconstruction, Samples, TemperatureMsp};
+use ood_calibrate::detectors::{
+    standard_detectors, Combined, Detector, Energy, Fused, Knn, Mahalanobis, Msp, Reconstruction,
+    Samples, TemperatureMsp,
+};
 use ood_calibrate::{ood_metrics, OodMetrics};
 use ood_data::batch::{stream_rng, to_unit_f32};
 use ood_data::noise::OodTransform;
@@ -48,7 +51,9 @@ pub fn synthetic_sets(known_test: &LabeledImages, count: usize, seed: u64) -> Ve
     let side = known_test.images.rows;
     let mut rng = stream_rng(seed, SYNTH_STREAM, 0);
     let normal = Normal::new(0.5f32, 0.25).expect("valid");
-    let gaussian: Vec<f32> = (0..count * per).map(|_| normal.sample(&mut rng).clamp(0.0, 1.0)).collect();
+    let gaussian: Vec<f32> = (0..count * per)
+        .map(|_| normal.sample(&mut rng).clamp(0.0, 1.0))
+        .collect();
     let uniform: Vec<f32> = (0..count * per).map(|_| rng.random::<f32>()).collect();
     let digits = to_unit_f32(known_test);
     let n = count.min(known_test.len());
@@ -57,9 +62,18 @@ pub fn synthetic_sets(known_test: &LabeledImages, count: usize, seed: u64) -> Ve
         rotated.extend(OodTransform::Rotate90.apply(img, side, side, &mut rng));
     }
     vec![
-        OodSet { name: "Gaussian noise".into(), pixels: gaussian },
-        OodSet { name: "uniform noise".into(), pixels: uniform },
-        OodSet { name: "rotated digits".into(), pixels: rotated },
+        OodSet {
+            name: "Gaussian noise".into(),
+            pixels: gaussian,
+        },
+        OodSet {
+            name: "uniform noise".into(),
+            pixels: uniform,
+        },
+        OodSet {
+            name: "rotated digits".into(),
+            pixels: rotated,
+        },
     ]
 }
 
@@ -107,7 +121,13 @@ pub struct BenchResult {
 }
 
 fn samples(s: &ScoredSet) -> Result<Samples<'_>> {
-    Ok(Samples::new(&s.logits, &s.features, &s.recon_error, s.num_classes, s.feature_dim)?)
+    Ok(Samples::new(
+        &s.logits,
+        &s.features,
+        &s.recon_error,
+        s.num_classes,
+        s.feature_dim,
+    )?)
 }
 
 /// Runs every detector. `fit` are known-class training images (for Mahalanobis and KNN),
@@ -127,13 +147,37 @@ pub fn bench_ood(
 ) -> Result<BenchResult> {
     let started = std::time::Instant::now();
     let classes = train.classes();
-    let score = |pixels: &[f32], stream: u64| score_images(net, pixels, &train.noise, train.seed, stream, config.batch_size, device);
+    let score = |pixels: &[f32], stream: u64| {
+        score_images(
+            net,
+            pixels,
+            &train.noise,
+            train.seed,
+            stream,
+            config.batch_size,
+            device,
+        )
+    };
     let fit = fit.clone().truncated(Some(config.fit_limit));
-    let fit_labels: Vec<usize> = fit.labels.iter().map(|&l| classes.class_index(l).expect("known")).collect();
+    let fit_labels: Vec<usize> = fit
+        .labels
+        .iter()
+        .map(|&l| classes.class_index(l).expect("known"))
+        .collect();
     let fit_set = score(&to_unit_f32(&fit), FIT_STREAM)?;
     let id = score(&to_unit_f32(known_test), ID_STREAM)?;
-    let truth: Vec<usize> = known_test.labels.iter().map(|&l| classes.class_index(l).expect("known")).collect();
-    let closed = id.predictions.iter().zip(&truth).filter(|(p, t)| p == t).count() as f64 / truth.len().max(1) as f64;
+    let truth: Vec<usize> = known_test
+        .labels
+        .iter()
+        .map(|&l| classes.class_index(l).expect("known"))
+        .collect();
+    let closed = id
+        .predictions
+        .iter()
+        .zip(&truth)
+        .filter(|(p, t)| p == t)
+        .count() as f64
+        / truth.len().max(1) as f64;
     let sets: Vec<ScoredSet> = ood_sets
         .iter()
         .enumerate()
@@ -142,7 +186,14 @@ pub fn bench_ood(
 
     // Calibration set for the fused detector: held-out digits and synthetic OOD, as in calibration.
     let val_pixels = to_unit_f32(validation);
-    let synth = synthesize_ood(net, &val_pixels, &OodTransform::REPORT, train, config.batch_size, device)?;
+    let synth = synthesize_ood(
+        net,
+        &val_pixels,
+        &OodTransform::REPORT,
+        train,
+        config.batch_size,
+        device,
+    )?;
     let calib_id = score(&val_pixels, CALIB_ID_STREAM)?;
     let calib_ood = score(&synth, CALIB_OOD_STREAM)?;
 
@@ -165,15 +216,23 @@ pub fn bench_ood(
 
     let mut rows = Vec::new();
     let id_samples = samples(&id)?;
-    let id_scores: Vec<Vec<f64>> = detectors.iter().map(|d| d.score(&id_samples)).collect::<Result<_, _>>()?;
+    let id_scores: Vec<Vec<f64>> = detectors
+        .iter()
+        .map(|d| d.score(&id_samples))
+        .collect::<Result<_, _>>()?;
     // ODIN: temperature-scaled max softmax of the perturbed images.
-    let odin = TemperatureMsp { temperature: config.odin.temperature };
+    let odin = TemperatureMsp {
+        temperature: config.odin.temperature,
+    };
     let odin_scores = |pixels: &[f32]| -> Result<Vec<f64>> {
         let logits = perturbed_logits(net, pixels, &config.odin, config.batch_size, device)?;
         Ok(odin.score(&Samples::new(&logits, &[], &[], net.config.num_classes, 0)?)?)
     };
     let odin_id = odin_scores(&to_unit_f32(known_test))?;
-    let odin_name = format!("ODIN(T={}, eps={})", config.odin.temperature, config.odin.epsilon);
+    let odin_name = format!(
+        "ODIN(T={}, eps={})",
+        config.odin.temperature, config.odin.epsilon
+    );
     for (set, scored) in ood_sets.iter().zip(&sets) {
         let s = samples(scored)?;
         for (d, id_s) in detectors.iter().zip(&id_scores) {
@@ -195,7 +254,15 @@ pub fn bench_ood(
         checkpoint_sha256: calibration.checkpoint_sha256.clone(),
         closed_set_accuracy: closed,
         n_in_distribution: id.len(),
-        ood_sets: ood_sets.iter().map(|s| (s.name.clone(), s.pixels.len() / (net.config.image_size * net.config.image_size))).collect(),
+        ood_sets: ood_sets
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.pixels.len() / (net.config.image_size * net.config.image_size),
+                )
+            })
+            .collect(),
         detectors: names,
         rows,
         config: config.clone(),
@@ -211,15 +278,35 @@ pub fn markdown(result: &BenchResult) -> String {
         "In-distribution: {} known test digits (closed-set accuracy {:.2}%). OOD sets: {}.\n",
         result.n_in_distribution,
         100.0 * result.closed_set_accuracy,
-        result.ood_sets.iter().map(|(n, c)| format!("{n} ({c})")).collect::<Vec<_>>().join(", ")
+        result
+            .ood_sets
+            .iter()
+            .map(|(n, c)| format!("{n} ({c})"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let sets: Vec<&String> = result.ood_sets.iter().map(|(n, _)| n).collect();
     for (title, get) in [
-        ("AUROC", (|m: &OodMetrics| format!("{:.4}", m.auroc)) as fn(&OodMetrics) -> String),
-        ("FPR at 95% TPR", |m: &OodMetrics| format!("{:.2}%", 100.0 * m.fpr_at_95_tpr)),
-        ("AUPR (OOD positive)", |m: &OodMetrics| format!("{:.4}", m.aupr_out)),
+        (
+            "AUROC",
+            (|m: &OodMetrics| format!("{:.4}", m.auroc)) as fn(&OodMetrics) -> String,
+        ),
+        ("FPR at 95% TPR", |m: &OodMetrics| {
+            format!("{:.2}%", 100.0 * m.fpr_at_95_tpr)
+        }),
+        ("AUPR (OOD positive)", |m: &OodMetrics| {
+            format!("{:.4}", m.aupr_out)
+        }),
     ] {
-        let _ = writeln!(s, "**{title}**\n\n| detector | {} |\n|---|{}", sets.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" | "), "---|".repeat(sets.len()));
+        let _ = writeln!(
+            s,
+            "**{title}**\n\n| detector | {} |\n|---|{}",
+            sets.iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|".repeat(sets.len())
+        );
         for d in &result.detectors {
             let cells: Vec<String> = sets
                 .iter()
@@ -244,7 +331,8 @@ pub fn write_bench(dir: &Path, result: &BenchResult) -> Result<()> {
     let json = serde_json::to_string_pretty(result).expect("serialises");
     for (name, text) in [("bench-ood.json", json), ("bench-ood.md", markdown(result))] {
         let path = dir.join(name);
-        ood_data::atomic::write_atomic(&path, text.as_bytes()).map_err(|e| EvalError::Io(path.clone(), e))?;
+        ood_data::atomic::write_atomic(&path, text.as_bytes())
+            .map_err(|e| EvalError::Io(path.clone(), e))?;
     }
     Ok(())
 }

@@ -4,7 +4,9 @@
 use crate::scoring::{score_images, ScoredSet};
 use crate::{EvalError, Result};
 use candle_core::Device;
-use ood_calibrate::{auroc, roc_curve, CombinedRule, DetectionStats, RocPoint, Threshold, ThresholdRule};
+use ood_calibrate::{
+    auroc, roc_curve, CombinedRule, DetectionStats, RocPoint, Threshold, ThresholdRule,
+};
 use ood_data::batch::{stream_rng, to_unit_f32};
 use ood_data::noise::{corrupt_batch, OodTransform};
 use ood_model::OodNet;
@@ -100,7 +102,9 @@ pub fn thin<T: Clone>(points: &[T], max: usize) -> Vec<T> {
         return points.to_vec();
     }
     let step = (points.len() - 1) as f64 / (max - 1) as f64;
-    (0..max).map(|i| points[(i as f64 * step).round() as usize].clone()).collect()
+    (0..max)
+        .map(|i| points[(i as f64 * step).round() as usize].clone())
+        .collect()
 }
 
 /// Calibrates `net` on the validation hold-out of its training split.
@@ -115,9 +119,32 @@ pub fn calibrate(
 ) -> Result<(Calibration, CalibrationSet)> {
     let transforms = OodTransform::REPORT;
     let id_pixels = to_unit_f32(validation);
-    let ood_pixels = synthesize_ood(net, &id_pixels, &transforms, train, config.batch_size, device)?;
-    let id = score_images(net, &id_pixels, &train.noise, train.seed, ID_SCORE_STREAM, config.batch_size, device)?;
-    let ood = score_images(net, &ood_pixels, &train.noise, train.seed, OOD_SCORE_STREAM, config.batch_size, device)?;
+    let ood_pixels = synthesize_ood(
+        net,
+        &id_pixels,
+        &transforms,
+        train,
+        config.batch_size,
+        device,
+    )?;
+    let id = score_images(
+        net,
+        &id_pixels,
+        &train.noise,
+        train.seed,
+        ID_SCORE_STREAM,
+        config.batch_size,
+        device,
+    )?;
+    let ood = score_images(
+        net,
+        &ood_pixels,
+        &train.noise,
+        train.seed,
+        OOD_SCORE_STREAM,
+        config.batch_size,
+        device,
+    )?;
     let use_recon = config.use_reconstruction && train.train_decoder;
     let rule = CombinedRule::calibrate(
         &id.msp,
@@ -133,7 +160,12 @@ pub fn calibrate(
         config: config.clone(),
         rule,
         msp_threshold: config.msp_rule.choose(&id_s, &ood_s)?,
-        calibration_stats: rule.evaluate(&id.msp, Some(&id.recon_error), &ood.msp, Some(&ood.recon_error))?,
+        calibration_stats: rule.evaluate(
+            &id.msp,
+            Some(&id.recon_error),
+            &ood.msp,
+            Some(&ood.recon_error),
+        )?,
         auroc_msp: auroc(&id_s, &ood_s)?,
         auroc_recon: auroc(&id.recon_error, &ood.recon_error)?,
         roc_msp: thin(&roc_curve(&id_s, &ood_s)?, 200),
@@ -161,7 +193,8 @@ pub fn default_calibration_path(checkpoint: &Path) -> PathBuf {
 /// Writes the calibration as pretty JSON, atomically.
 pub fn write_calibration(path: &Path, calibration: &Calibration) -> Result<()> {
     let text = serde_json::to_string_pretty(calibration).expect("the calibration serialises");
-    ood_data::atomic::write_atomic(path, text.as_bytes()).map_err(|e| EvalError::Io(path.to_path_buf(), e))
+    ood_data::atomic::write_atomic(path, text.as_bytes())
+        .map_err(|e| EvalError::Io(path.to_path_buf(), e))
 }
 
 /// Reads a calibration and checks that it was made for `checkpoint`.
@@ -173,8 +206,9 @@ pub fn read_calibration(path: &Path, checkpoint: &Path) -> Result<Calibration> {
             checkpoint.display()
         ))
     })?;
-    let calibration: Calibration = serde_json::from_str(&text)
-        .map_err(|e| EvalError::Calibration(format!("{}: not a calibration file: {e}", path.display())))?;
+    let calibration: Calibration = serde_json::from_str(&text).map_err(|e| {
+        EvalError::Calibration(format!("{}: not a calibration file: {e}", path.display()))
+    })?;
     let sha = ood_model::checkpoint::file_sha256(checkpoint)?;
     if calibration.checkpoint_sha256 != sha {
         return Err(EvalError::Calibration(format!(

@@ -76,7 +76,12 @@ fn fraction(flags: &[bool]) -> f64 {
     flags.iter().filter(|&&f| f).count() as f64 / flags.len().max(1) as f64
 }
 
-fn set_metrics(name: &str, calibration: &Calibration, known: &ScoredSet, ood: &ScoredSet) -> Result<OodSetMetrics> {
+fn set_metrics(
+    name: &str,
+    calibration: &Calibration,
+    known: &ScoredSet,
+    ood: &ScoredSet,
+) -> Result<OodSetMetrics> {
     Ok(OodSetMetrics {
         name: name.to_string(),
         flagged: fraction(&flagged(calibration, ood)),
@@ -99,24 +104,50 @@ pub fn evaluate(
 ) -> Result<(Evaluation, EvaluationSets)> {
     let classes: ClassSpec = train.classes();
     let score = |d: &LabeledImages, stream: u64| {
-        score_images(net, &to_unit_f32(d), &train.noise, train.seed, stream, batch_size, device)
+        score_images(
+            net,
+            &to_unit_f32(d),
+            &train.noise,
+            train.seed,
+            stream,
+            batch_size,
+            device,
+        )
     };
     let known = score(test_known, KNOWN_STREAM)?;
     let unknown = score(test_unknown, UNKNOWN_STREAM)?;
     let truth: Vec<usize> = test_known
         .labels
         .iter()
-        .map(|&l| classes.class_index(l).expect("known test digits are known classes"))
+        .map(|&l| {
+            classes
+                .class_index(l)
+                .expect("known test digits are known classes")
+        })
         .collect();
-    let correct: Vec<bool> = known.predictions.iter().zip(&truth).map(|(p, t)| p == t).collect();
+    let correct: Vec<bool> = known
+        .predictions
+        .iter()
+        .zip(&truth)
+        .map(|(p, t)| p == t)
+        .collect();
     let known_flags = flagged(calibration, &known);
     let unknown_flags = flagged(calibration, &unknown);
-    let accepted_correct = correct.iter().zip(&known_flags).filter(|(c, f)| **c && !**f).count();
+    let accepted_correct = correct
+        .iter()
+        .zip(&known_flags)
+        .filter(|(c, f)| **c && !**f)
+        .count();
     let unknown_caught = unknown_flags.iter().filter(|&&f| f).count();
 
     // Confusion over labels: known labels map through the classifier, OOD to the unknown label.
     let unknown_label = classes.unknown.first().copied().unwrap_or(0);
-    let mut labels: Vec<u8> = classes.known.iter().chain(&classes.unknown).copied().collect();
+    let mut labels: Vec<u8> = classes
+        .known
+        .iter()
+        .chain(&classes.unknown)
+        .copied()
+        .collect();
     labels.sort_unstable();
     let index_of = |l: u8| labels.iter().position(|&x| x == l).expect("label listed");
     let predict = |set: &ScoredSet, flags: &[bool]| -> Vec<usize> {
@@ -131,7 +162,11 @@ pub fn evaluate(
     let mut pred_idx = predict(&known, &known_flags);
     pred_idx.extend(predict(&unknown, &unknown_flags));
     let confusion = confusion_matrix(&true_idx, &pred_idx, labels.len())?;
-    let right = true_idx.iter().zip(&pred_idx).filter(|(t, p)| t == p).count();
+    let right = true_idx
+        .iter()
+        .zip(&pred_idx)
+        .filter(|(t, p)| t == p)
+        .count();
 
     let mut far_metrics = Vec::new();
     let mut far_sets = Vec::new();

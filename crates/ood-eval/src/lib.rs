@@ -32,7 +32,10 @@ pub mod plots;
 pub mod report;
 pub mod scoring;
 
-pub use calibration::{calibrate, read_calibration, write_calibration, Calibration, CalibrationConfig, CALIBRATION_FILE};
+pub use calibration::{
+    calibrate, read_calibration, write_calibration, Calibration, CalibrationConfig,
+    CALIBRATION_FILE,
+};
 pub use evaluation::{evaluate, Evaluation};
 pub use scoring::{score_images, ScoredSet};
 
@@ -76,8 +79,12 @@ pub struct LoadedModel {
 /// Loads a checkpoint written by the training stage.
 pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
     let ck = Checkpoint::load(path, device)?;
-    let train: TrainConfig = serde_json::from_value(ck.meta.training.clone())
-        .map_err(|e| EvalError::Checkpoint(path.to_path_buf(), format!("unreadable training arguments: {e}")))?;
+    let train: TrainConfig = serde_json::from_value(ck.meta.training.clone()).map_err(|e| {
+        EvalError::Checkpoint(
+            path.to_path_buf(),
+            format!("unreadable training arguments: {e}"),
+        )
+    })?;
     let (_, net) = ck.build_model(path, device)?;
     Ok(LoadedModel {
         path: path.to_path_buf(),

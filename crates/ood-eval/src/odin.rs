@@ -26,20 +26,34 @@ impl Default for OdinConfig {
 }
 
 /// The logits of the ODIN-perturbed images, row-major.
-pub fn perturbed_logits(net: &OodNet, pixels: &[f32], config: &OdinConfig, batch_size: usize, device: &Device) -> Result<Vec<f32>> {
+pub fn perturbed_logits(
+    net: &OodNet,
+    pixels: &[f32],
+    config: &OdinConfig,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<f32>> {
     let side = net.config.image_size;
     let per = side * side;
     let n = pixels.len() / per;
     let mut out = Vec::with_capacity(n * net.config.num_classes);
     for start in (0..n).step_by(batch_size.max(1)) {
         let end = (start + batch_size).min(n);
-        let x = Var::from_tensor(&Tensor::from_slice(&pixels[start * per..end * per], (end - start, 1, side, side), device)?)?;
-        let logits = (net.classify(&OodNet::pool(&net.features(x.as_tensor(), false)?)?)? / config.temperature)?;
+        let x = Var::from_tensor(&Tensor::from_slice(
+            &pixels[start * per..end * per],
+            (end - start, 1, side, side),
+            device,
+        )?)?;
+        let logits = (net.classify(&OodNet::pool(&net.features(x.as_tensor(), false)?)?)?
+            / config.temperature)?;
         // log of the largest softmax probability, summed over the batch: each image's term only
         // depends on that image, so one backward gives every image's gradient.
         let log_p = ood_losses::log_softmax(&logits)?;
         let best = log_p.max(D::Minus1)?.sum_all()?;
-        let grad = best.backward()?.remove(x.as_tensor()).expect("the input takes part in the loss");
+        let grad = best
+            .backward()?
+            .remove(x.as_tensor())
+            .expect("the input takes part in the loss");
         let nudged = (x.as_tensor() + (grad.sign()? * config.epsilon)?)?.detach();
         let logits = net.classify(&OodNet::pool(&net.features(&nudged, false)?)?)?;
         out.extend(logits.flatten_all()?.to_vec1::<f32>()?);

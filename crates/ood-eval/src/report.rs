@@ -12,8 +12,17 @@ use std::path::Path;
 /// Images per row in the denoising grids.
 const GRID_COLUMNS: usize = 10;
 
-fn roc_series(label: &str, id: &[f64], ood: &[f64], auroc: f64, marker: Option<(f64, f64)>) -> Result<RocSeries> {
-    let points = thin(&roc_curve(id, ood)?, 400).iter().map(|p| (p.fpr, p.tpr)).collect();
+fn roc_series(
+    label: &str,
+    id: &[f64],
+    ood: &[f64],
+    auroc: f64,
+    marker: Option<(f64, f64)>,
+) -> Result<RocSeries> {
+    let points = thin(&roc_curve(id, ood)?, 400)
+        .iter()
+        .map(|p| (p.fpr, p.tpr))
+        .collect();
     Ok(RocSeries {
         label: label.to_string(),
         points,
@@ -25,7 +34,11 @@ fn roc_series(label: &str, id: &[f64], ood: &[f64], auroc: f64, marker: Option<(
 fn grid_rows(set: &ScoredSet, count: usize, side: usize) -> Vec<ImageRow> {
     let per = side * side;
     let n = count.min(set.len());
-    let take = |v: &[f32]| (0..n).map(|i| v[i * per..(i + 1) * per].to_vec()).collect::<Vec<_>>();
+    let take = |v: &[f32]| {
+        (0..n)
+            .map(|i| v[i * per..(i + 1) * per].to_vec())
+            .collect::<Vec<_>>()
+    };
     vec![
         ImageRow {
             label: "noised".into(),
@@ -39,27 +52,48 @@ fn grid_rows(set: &ScoredSet, count: usize, side: usize) -> Vec<ImageRow> {
 }
 
 /// Figures of the calibration set: max-softmax histograms and synthetic OOD examples.
-pub fn write_calibration_figures(dir: &Path, calibration: &Calibration, set: &CalibrationSet, side: usize) -> Result<()> {
+pub fn write_calibration_figures(
+    dir: &Path,
+    calibration: &Calibration,
+    set: &CalibrationSet,
+    side: usize,
+) -> Result<()> {
     plots::score_histograms(
         &dir.join("calibration_msp_hist.png"),
         "Max softmax on the calibration set",
         "max softmax probability",
         &[
-            HistGroup { label: "held-out digits".into(), values: set.in_distribution.msp.clone() },
-            HistGroup { label: "synthetic OOD".into(), values: set.synthetic_ood.msp.clone() },
+            HistGroup {
+                label: "held-out digits".into(),
+                values: set.in_distribution.msp.clone(),
+            },
+            HistGroup {
+                label: "synthetic OOD".into(),
+                values: set.synthetic_ood.msp.clone(),
+            },
         ],
         40,
         Some(calibration.rule.msp_threshold),
     )?;
     let per = side * side;
     let n = GRID_COLUMNS.min(set.synthetic_ood.len());
-    let take = |v: &[f32]| (0..n).map(|i| v[i * per..(i + 1) * per].to_vec()).collect::<Vec<_>>();
+    let take = |v: &[f32]| {
+        (0..n)
+            .map(|i| v[i * per..(i + 1) * per].to_vec())
+            .collect::<Vec<_>>()
+    };
     plots::image_grid(
         &dir.join("calibration_synthetic_ood.png"),
         "Synthetic OOD (report Fig. 5): digits rotated 90/270 or occluded, noised, decoded",
         &[
-            ImageRow { label: "digit".into(), images: take(&set.id_pixels) },
-            ImageRow { label: "synthetic OOD".into(), images: take(&set.synthetic_pixels) },
+            ImageRow {
+                label: "digit".into(),
+                images: take(&set.id_pixels),
+            },
+            ImageRow {
+                label: "synthetic OOD".into(),
+                images: take(&set.synthetic_pixels),
+            },
         ],
         side,
         3,
@@ -84,8 +118,13 @@ pub fn write_report(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| EvalError::Io(dir.to_path_buf(), e))?;
     let json = serde_json::json!({ "calibration": calibration, "evaluation": evaluation });
-    ood_data::atomic::write_atomic(&dir.join("metrics.json"), serde_json::to_string_pretty(&json).expect("serialises").as_bytes())
-        .map_err(|e| EvalError::Io(dir.join("metrics.json"), e))?;
+    ood_data::atomic::write_atomic(
+        &dir.join("metrics.json"),
+        serde_json::to_string_pretty(&json)
+            .expect("serialises")
+            .as_bytes(),
+    )
+    .map_err(|e| EvalError::Io(dir.join("metrics.json"), e))?;
 
     let (known, unknown) = (&sets.known, &sets.unknown);
     let unknown_name = format!("{:?}", evaluation.unknown_classes);
@@ -107,58 +146,140 @@ pub fn write_report(
         )?,
     ];
     for ((name, set), m) in sets.far.iter().zip(&evaluation.far) {
-        curves.push(roc_series(&format!("max softmax, {name}"), &known.msp_ood_score(), &set.msp_ood_score(), m.msp.auroc, None)?);
+        curves.push(roc_series(
+            &format!("max softmax, {name}"),
+            &known.msp_ood_score(),
+            &set.msp_ood_score(),
+            m.msp.auroc,
+            None,
+        )?);
     }
-    plots::roc_curves(&dir.join("roc.png"), "ROC on the test set (OOD positive)", &curves)?;
+    plots::roc_curves(
+        &dir.join("roc.png"),
+        "ROC on the test set (OOD positive)",
+        &curves,
+    )?;
     // Fig. 4: max-softmax histograms.
     let mut groups = vec![
-        HistGroup { label: "known test digits".into(), values: known.msp.clone() },
-        HistGroup { label: format!("unknown {unknown_name}"), values: unknown.msp.clone() },
+        HistGroup {
+            label: "known test digits".into(),
+            values: known.msp.clone(),
+        },
+        HistGroup {
+            label: format!("unknown {unknown_name}"),
+            values: unknown.msp.clone(),
+        },
     ];
     for (name, set) in &sets.far {
-        groups.push(HistGroup { label: name.clone(), values: set.msp.clone() });
+        groups.push(HistGroup {
+            label: name.clone(),
+            values: set.msp.clone(),
+        });
     }
-    plots::score_histograms(&dir.join("msp_hist.png"), "Max softmax on the test set", "max softmax probability", &groups, 40, Some(calibration.rule.msp_threshold))?;
+    plots::score_histograms(
+        &dir.join("msp_hist.png"),
+        "Max softmax on the test set",
+        "max softmax probability",
+        &groups,
+        40,
+        Some(calibration.rule.msp_threshold),
+    )?;
     // Fig. 7: reconstruction error by label.
     let mut by_label: Vec<(String, Vec<f64>)> = Vec::new();
     for &l in &evaluation.confusion_labels {
         let mut values: Vec<f64> = Vec::new();
         for (labels, set) in [(&sets.known_labels, known), (&sets.unknown_labels, unknown)] {
-            values.extend(labels.iter().zip(&set.recon_error).filter(|(x, _)| **x == l).map(|(_, e)| *e));
+            values.extend(
+                labels
+                    .iter()
+                    .zip(&set.recon_error)
+                    .filter(|(x, _)| **x == l)
+                    .map(|(_, e)| *e),
+            );
         }
-        let name = if evaluation.unknown_classes.contains(&l) { format!("{l} (OOD)") } else { l.to_string() };
+        let name = if evaluation.unknown_classes.contains(&l) {
+            format!("{l} (OOD)")
+        } else {
+            l.to_string()
+        };
         by_label.push((name, values));
     }
-    plots::values_by_label(&dir.join("recon_by_label.png"), "Reconstruction error by label (test set)", "MSE", &by_label)?;
+    plots::values_by_label(
+        &dir.join("recon_by_label.png"),
+        "Reconstruction error by label (test set)",
+        "MSE",
+        &by_label,
+    )?;
     // Fig. 8: labels of the 200 largest reconstruction errors.
-    let mut all: Vec<(f64, u8)> = sets.known_labels.iter().zip(&known.recon_error).map(|(l, e)| (*e, *l)).collect();
-    all.extend(sets.unknown_labels.iter().zip(&unknown.recon_error).map(|(l, e)| (*e, *l)));
+    let mut all: Vec<(f64, u8)> = sets
+        .known_labels
+        .iter()
+        .zip(&known.recon_error)
+        .map(|(l, e)| (*e, *l))
+        .collect();
+    all.extend(
+        sets.unknown_labels
+            .iter()
+            .zip(&unknown.recon_error)
+            .map(|(l, e)| (*e, *l)),
+    );
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
     let top: Vec<(String, usize)> = evaluation
         .confusion_labels
         .iter()
-        .map(|&l| (l.to_string(), all.iter().take(200).filter(|(_, x)| *x == l).count()))
+        .map(|&l| {
+            (
+                l.to_string(),
+                all.iter().take(200).filter(|(_, x)| *x == l).count(),
+            )
+        })
         .collect();
-    plots::label_counts(&dir.join("top200_labels.png"), "Labels of the 200 largest reconstruction errors", &top)?;
+    plots::label_counts(
+        &dir.join("top200_labels.png"),
+        "Labels of the 200 largest reconstruction errors",
+        &top,
+    )?;
     // Figs. 3 and 6: original / noised / denoised.
     for (file, title, set, originals) in [
-        ("denoise_known.png", "Known digits: original, noised, denoised", known, originals_known),
-        ("denoise_unknown.png", "Unknown digits: original, noised, denoised", unknown, originals_unknown),
+        (
+            "denoise_known.png",
+            "Known digits: original, noised, denoised",
+            known,
+            originals_known,
+        ),
+        (
+            "denoise_unknown.png",
+            "Unknown digits: original, noised, denoised",
+            unknown,
+            originals_unknown,
+        ),
     ] {
         let per = side * side;
         let n = GRID_COLUMNS.min(set.len());
         let mut rows = vec![ImageRow {
             label: "original".into(),
-            images: (0..n).map(|i| originals[i * per..(i + 1) * per].to_vec()).collect(),
+            images: (0..n)
+                .map(|i| originals[i * per..(i + 1) * per].to_vec())
+                .collect(),
         }];
         rows.extend(grid_rows(set, n, side));
         plots::image_grid(&dir.join(file), title, &rows, side, 3)?;
     }
-    let labels: Vec<String> = evaluation.confusion_labels.iter().map(|l| l.to_string()).collect();
-    plots::confusion_matrix(&dir.join("confusion.png"), "Confusion matrix (OOD predicted as the unknown label)", &labels, &evaluation.confusion)?;
+    let labels: Vec<String> = evaluation
+        .confusion_labels
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    plots::confusion_matrix(
+        &dir.join("confusion.png"),
+        "Confusion matrix (OOD predicted as the unknown label)",
+        &labels,
+        &evaluation.confusion,
+    )?;
 
     let md = markdown(checkpoint, calibration, evaluation);
-    ood_data::atomic::write_atomic(&dir.join("report.md"), md.as_bytes()).map_err(|e| EvalError::Io(dir.join("report.md"), e))
+    ood_data::atomic::write_atomic(&dir.join("report.md"), md.as_bytes())
+        .map_err(|e| EvalError::Io(dir.join("report.md"), e))
 }
 
 /// The headline table as Markdown (also what `ood evaluate` prints).
@@ -167,19 +288,43 @@ pub fn summary_table(evaluation: &Evaluation) -> String {
     let mut s = String::new();
     let u = format!("{:?}", e.unknown_classes);
     let _ = writeln!(s, "| metric | value |\n|---|---|");
-    let _ = writeln!(s, "| unknown {u} flagged OOD (\"zero accuracy\") | {} |", pct(e.unknown_detection));
-    let _ = writeln!(s, "| known accepted and correct (\"else accuracy\") | {} |", pct(e.known_accuracy));
+    let _ = writeln!(
+        s,
+        "| unknown {u} flagged OOD (\"zero accuracy\") | {} |",
+        pct(e.unknown_detection)
+    );
+    let _ = writeln!(
+        s,
+        "| known accepted and correct (\"else accuracy\") | {} |",
+        pct(e.known_accuracy)
+    );
     let _ = writeln!(s, "| known rejected as OOD | {} |", pct(e.known_rejected));
-    let _ = writeln!(s, "| closed-set accuracy (known) | {} |", pct(e.closed_set_accuracy));
-    let _ = writeln!(s, "| open-set accuracy (all test digits) | {} |", pct(e.open_set_accuracy));
+    let _ = writeln!(
+        s,
+        "| closed-set accuracy (known) | {} |",
+        pct(e.closed_set_accuracy)
+    );
+    let _ = writeln!(
+        s,
+        "| open-set accuracy (all test digits) | {} |",
+        pct(e.open_set_accuracy)
+    );
     let _ = writeln!(s, "| OSCR (max softmax) | {:.4} |", e.oscr);
     let _ = writeln!(s, "\n| OOD set | score | AUROC | FPR@95%TPR | AUPR-in | AUPR-out | flagged by rule |\n|---|---|---|---|---|---|---|");
     for m in std::iter::once(&e.near).chain(&e.far) {
-        for (score, o) in [("max softmax", &m.msp), ("reconstruction", &m.reconstruction)] {
+        for (score, o) in [
+            ("max softmax", &m.msp),
+            ("reconstruction", &m.reconstruction),
+        ] {
             let _ = writeln!(
                 s,
                 "| {} | {score} | {:.4} | {} | {:.4} | {:.4} | {} |",
-                m.name, o.auroc, pct(o.fpr_at_95_tpr), o.aupr_in, o.aupr_out, pct(m.flagged)
+                m.name,
+                o.auroc,
+                pct(o.fpr_at_95_tpr),
+                o.aupr_in,
+                o.aupr_out,
+                pct(m.flagged)
             );
         }
     }
@@ -189,13 +334,21 @@ pub fn summary_table(evaluation: &Evaluation) -> String {
 fn markdown(checkpoint: &Path, c: &Calibration, e: &Evaluation) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# OOD evaluation\n");
-    let _ = writeln!(s, "Checkpoint `{}` (sha256 `{}`).\n", checkpoint.display(), e.checkpoint_sha256);
+    let _ = writeln!(
+        s,
+        "Checkpoint `{}` (sha256 `{}`).\n",
+        checkpoint.display(),
+        e.checkpoint_sha256
+    );
     let _ = writeln!(
         s,
         "Known classes {:?}, unknown {:?}: {} known and {} unknown test images.\n",
         e.known_classes, e.unknown_classes, e.n_known, e.n_unknown
     );
-    let recon = c.rule.recon_threshold.map_or("off".to_string(), |t| format!("> {t:.5}"));
+    let recon = c
+        .rule
+        .recon_threshold
+        .map_or("off".to_string(), |t| format!("> {t:.5}"));
     let _ = writeln!(
         s,
         "Rule (calibrated on {} held-out digits and {} synthetic OOD images made from {}): OOD when max softmax < {:.4} or reconstruction error {recon}. Calibration-set AUROC: max softmax {:.4}, reconstruction {:.4}.\n",
@@ -207,19 +360,46 @@ fn markdown(checkpoint: &Path, c: &Calibration, e: &Evaluation) -> String {
         c.auroc_recon
     );
     s.push_str(&summary_table(e));
-    let ood_as = e.unknown_classes.first().map_or("-".to_string(), |l| l.to_string());
-    let _ = writeln!(s, "\n## Confusion matrix (rows: true label, columns: predicted; OOD counts as {ood_as})\n");
-    let _ = writeln!(s, "| true \\ predicted | {} |", e.confusion_labels.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" | "));
+    let ood_as = e
+        .unknown_classes
+        .first()
+        .map_or("-".to_string(), |l| l.to_string());
+    let _ = writeln!(
+        s,
+        "\n## Confusion matrix (rows: true label, columns: predicted; OOD counts as {ood_as})\n"
+    );
+    let _ = writeln!(
+        s,
+        "| true \\ predicted | {} |",
+        e.confusion_labels
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     let _ = writeln!(s, "|---|{}", "---|".repeat(e.confusion_labels.len()));
     for (l, row) in e.confusion_labels.iter().zip(&e.confusion) {
-        let _ = writeln!(s, "| {l} | {} |", row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(
+            s,
+            "| {l} | {} |",
+            row.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
     }
     let _ = writeln!(s, "\n## Figures\n");
     for (f, t) in [
         ("roc.png", "ROC curves (report Fig. 9)"),
         ("msp_hist.png", "Max-softmax histograms (Fig. 4)"),
-        ("recon_by_label.png", "Reconstruction error by label (Fig. 7)"),
-        ("top200_labels.png", "Labels of the 200 largest reconstruction errors (Fig. 8)"),
+        (
+            "recon_by_label.png",
+            "Reconstruction error by label (Fig. 7)",
+        ),
+        (
+            "top200_labels.png",
+            "Labels of the 200 largest reconstruction errors (Fig. 8)",
+        ),
         ("denoise_known.png", "Denoising known digits (Fig. 6)"),
         ("denoise_unknown.png", "Denoising unknown digits (Fig. 3)"),
         ("confusion.png", "Confusion matrix"),

@@ -59,7 +59,13 @@ pub fn score_images(
     let side = net.config.image_size;
     let per = side * side;
     let mut noised = pixels.to_vec();
-    corrupt_batch(&mut noised, side, side, noise, &mut stream_rng(seed, stream, 0));
+    corrupt_batch(
+        &mut noised,
+        side,
+        side,
+        noise,
+        &mut stream_rng(seed, stream, 0),
+    );
     let out = infer(net, pixels, Some(&noised), true, batch_size, device)?;
     let msp = (0..out.len())
         .map(|i| ood_calibrate::max_softmax(out.logits_row(i)))
@@ -67,7 +73,13 @@ pub fn score_images(
     let recon_error = pixels
         .chunks_exact(per)
         .zip(out.reconstructions.chunks_exact(per))
-        .map(|(x, r)| x.iter().zip(r).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / per as f64)
+        .map(|(x, r)| {
+            x.iter()
+                .zip(r)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+                / per as f64
+        })
         .collect();
     Ok(ScoredSet {
         msp,

@@ -127,7 +127,11 @@ pub fn std_loss(logits: &Tensor, targets: &Tensor, sign: StdSign) -> Result<Tens
     let (n, c) = logits.dims2()?;
     let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
     let t = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-    let wrong: Vec<f32> = pred.iter().zip(&t).map(|(p, t)| (p != t) as u8 as f32).collect();
+    let wrong: Vec<f32> = pred
+        .iter()
+        .zip(&t)
+        .map(|(p, t)| (p != t) as u8 as f32)
+        .collect();
     let wrong = Tensor::from_vec(wrong, n, logits.device())?.to_dtype(logits.dtype())?;
     let p = log_softmax(logits)?.exp()?;
     let centred = p.broadcast_sub(&p.mean_keepdim(D::Minus1)?)?;

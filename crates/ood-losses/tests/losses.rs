@@ -35,7 +35,12 @@ fn hand_worked_values() {
     let clean = Tensor::new(&[1f64, 1.0], &Device::Cpu).unwrap();
     assert!((scalar(&denoising_mse(&recon, &clean).unwrap()) - 0.5).abs() < 1e-12);
 
-    let w = LossWeights { k: 2.0, lambda_std: 3.0, lambda_rec: 4.0, std_sign: StdSign::Intended };
+    let w = LossWeights {
+        k: 2.0,
+        lambda_std: 3.0,
+        lambda_rec: 4.0,
+        std_sign: StdSign::Intended,
+    };
     let terms = objective(&logits, &t, Some((&recon, &clean)), &w).unwrap();
     let total = ce + 2.0 * pen + 3.0 * std + 4.0 * 0.5;
     assert!((scalar(&terms.total) - total).abs() < 1e-9);
@@ -45,7 +50,10 @@ fn hand_worked_values() {
 fn log_one_minus_p_is_exact_when_p_rounds_to_one() {
     // p_0 = 1 - e^-100 rounds to exactly 1 in f32 and f64; log(1 - p_0) is still about -100.
     let logits = Tensor::new(&[[100f32, 0.0]], &Device::Cpu).unwrap();
-    let l = log_one_minus_softmax(&logits).unwrap().to_vec2::<f32>().unwrap();
+    let l = log_one_minus_softmax(&logits)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert!((l[0][0] + 100.0).abs() < 1e-3, "{:?}", l);
     assert!(l[0][1].abs() < 1e-6);
     // A confident wrong class costs about 100 and has a finite, useful gradient.
@@ -62,7 +70,13 @@ fn check_gradient(f: impl Fn(&Tensor) -> Tensor, x: &Tensor) {
     let var = Var::from_tensor(x).unwrap();
     let y = f(var.as_tensor());
     let grads = y.backward().unwrap();
-    let analytic: Vec<f64> = grads.get(&var).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let analytic: Vec<f64> = grads
+        .get(&var)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let base: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
     let h = 1e-6;
     for i in 0..base.len() {
@@ -89,7 +103,10 @@ fn gradients_match_finite_differences() {
     check_gradient(|z| std_loss(z, &t, StdSign::Intended).unwrap(), &logits);
     check_gradient(|z| std_loss(z, &t, StdSign::Literal).unwrap(), &logits);
     let clean = Tensor::new(&[[0.0f64, 0.5, 1.0]], &Device::Cpu).unwrap();
-    check_gradient(|r| denoising_mse(r, &clean).unwrap(), &t2(&[[0.2, 0.9, 0.4]]));
+    check_gradient(
+        |r| denoising_mse(r, &clean).unwrap(),
+        &t2(&[[0.2, 0.9, 0.4]]),
+    );
     let w = LossWeights::default();
     check_gradient(|z| objective(z, &t, None, &w).unwrap().total, &logits);
 }
@@ -98,7 +115,10 @@ fn gradients_match_finite_differences() {
 fn std_loss_ignores_correct_samples_and_rewards_even_scores() {
     let t = targets(&[0]);
     let correct = t2(&[[3.0, 0.0, 0.0]]);
-    assert_eq!(scalar(&std_loss(&correct, &t, StdSign::Intended).unwrap()), 0.0);
+    assert_eq!(
+        scalar(&std_loss(&correct, &t, StdSign::Intended).unwrap()),
+        0.0
+    );
     let peaked_wrong = t2(&[[0.0, 5.0, 0.0]]);
     let even_wrong = t2(&[[0.0, 0.1, 0.0]]);
     let a = scalar(&std_loss(&peaked_wrong, &t, StdSign::Intended).unwrap());

@@ -71,7 +71,12 @@ fn parse_meta(path: &Path, bytes: &[u8]) -> Result<CheckpointMeta> {
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| corrupt(path, "a safetensors file, but not a candle-ood checkpoint (no metadata)"))?;
+        .ok_or_else(|| {
+            corrupt(
+                path,
+                "a safetensors file, but not a candle-ood checkpoint (no metadata)",
+            )
+        })?;
     let meta: CheckpointMeta = serde_json::from_str(json)
         .map_err(|e| corrupt(path, format!("unreadable checkpoint metadata: {e}")))?;
     if meta.format_version != FORMAT_VERSION {
@@ -123,16 +128,25 @@ impl Checkpoint {
     /// Copies the model tensors into `varmap`, which must have exactly the same names and
     /// shapes (a checkpoint of another configuration is refused).
     pub fn load_into(&self, path: &Path, varmap: &VarMap) -> Result<()> {
-        let vars = varmap.data().lock().expect("the var map lock is never poisoned");
+        let vars = varmap
+            .data()
+            .lock()
+            .expect("the var map lock is never poisoned");
         for (name, var) in vars.iter() {
-            let t = self
-                .tensors
-                .get(name)
-                .ok_or_else(|| corrupt(path, format!("tensor {name} is missing: the file holds another model configuration")))?;
+            let t = self.tensors.get(name).ok_or_else(|| {
+                corrupt(
+                    path,
+                    format!("tensor {name} is missing: the file holds another model configuration"),
+                )
+            })?;
             if t.dims() != var.dims() {
                 return Err(corrupt(
                     path,
-                    format!("tensor {name} has shape {:?}, the model needs {:?}", t.dims(), var.dims()),
+                    format!(
+                        "tensor {name} has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
                 ));
             }
             var.set(&t.to_dtype(var.dtype())?)?;
@@ -142,7 +156,10 @@ impl Checkpoint {
             .keys()
             .find(|n| !n.starts_with(OPTIMIZER_PREFIX) && !vars.contains_key(*n))
         {
-            return Err(corrupt(path, format!("unexpected tensor {extra}: the file holds another model configuration")));
+            return Err(corrupt(
+                path,
+                format!("unexpected tensor {extra}: the file holds another model configuration"),
+            ));
         }
         Ok(())
     }
@@ -151,7 +168,10 @@ impl Checkpoint {
     pub fn optimizer_state(&self) -> HashMap<String, Tensor> {
         self.tensors
             .iter()
-            .filter_map(|(n, t)| n.strip_prefix(OPTIMIZER_PREFIX).map(|s| (s.to_string(), t.clone())))
+            .filter_map(|(n, t)| {
+                n.strip_prefix(OPTIMIZER_PREFIX)
+                    .map(|s| (s.to_string(), t.clone()))
+            })
             .collect()
     }
 }
@@ -165,12 +185,19 @@ pub fn save_checkpoint(
     extra: &[(String, Tensor)],
 ) -> Result<()> {
     let path = path.as_ref();
-    let vars = varmap.data().lock().expect("the var map lock is never poisoned");
+    let vars = varmap
+        .data()
+        .lock()
+        .expect("the var map lock is never poisoned");
     let mut named: Vec<(String, Tensor)> = vars
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
-    named.extend(extra.iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t.clone())));
+    named.extend(
+        extra
+            .iter()
+            .map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t.clone())),
+    );
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let mut info = HashMap::new();
     info.insert(

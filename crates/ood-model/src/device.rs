@@ -90,9 +90,9 @@ pub fn configure_threads(threads: Option<usize>) -> usize {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0);
-    let n = threads.or(existing).unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    });
+    let n = threads
+        .or(existing)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Safety of set_var: called before any compute thread exists (start of main or of a test
     // binary's first model), and the value only ever changes to the same number.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -107,7 +107,10 @@ mod tests {
     #[test]
     fn parses_and_reports_missing_backends() {
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-        assert_eq!("cuda:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(1));
+        assert_eq!(
+            "cuda:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(1)
+        );
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
         assert!(DeviceChoice::Cpu.open().is_ok());

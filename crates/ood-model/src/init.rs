@@ -11,7 +11,10 @@ use rand_distr::{Distribution, Normal};
 /// mean zero and running variance one.
 pub fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let vars = varmap.data().lock().expect("the var map lock is never poisoned");
+    let vars = varmap
+        .data()
+        .lock()
+        .expect("the var map lock is never poisoned");
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     for name in names {

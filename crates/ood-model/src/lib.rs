@@ -62,7 +62,10 @@ pub fn build(config: &ModelConfig, device: &Device, seed: u64) -> Result<(VarMap
 
 /// Trainable parameters (BatchNorm running statistics are not counted).
 pub fn parameter_count(varmap: &VarMap) -> usize {
-    let vars = varmap.data().lock().expect("the var map lock is never poisoned");
+    let vars = varmap
+        .data()
+        .lock()
+        .expect("the var map lock is never poisoned");
     vars.iter()
         .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
         .map(|(_, v)| v.elem_count())

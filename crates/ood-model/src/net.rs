@@ -1,9 +1,9 @@
 //! The network: a ResNet trunk shared by a classifier head and a denoising decoder head.
 
 use crate::config::ModelConfig;
-use candle_core::{Module, ModuleT, Result, Tensor};
 use crate::ops::batchnorm::{batch_norm, BatchNorm};
 use crate::ops::conv::{Conv2d, ConvTranspose2d};
+use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
 fn bn(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
@@ -124,7 +124,9 @@ impl Decoder {
 
 impl ModuleT for Decoder {
     fn forward_t(&self, features: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_t_relu(&features.apply(&self.up1)?, train)?;
+        let h = self
+            .bn1
+            .forward_t_relu(&features.apply(&self.up1)?, train)?;
         let h = self.bn2.forward_t_relu(&h.apply(&self.up2)?, train)?;
         candle_nn::ops::sigmoid(&h.apply(&self.out)?)
     }
@@ -155,7 +157,11 @@ impl OodNet {
         Ok(Self {
             config: config.clone(),
             trunk: Trunk::new(config, vb.pp("trunk"))?,
-            classifier: linear(config.feature_dim(), config.num_classes, vb.pp("classifier"))?,
+            classifier: linear(
+                config.feature_dim(),
+                config.num_classes,
+                vb.pp("classifier"),
+            )?,
             decoder: Decoder::new(config, vb.pp("decoder"))?,
         })
     }

@@ -1,5 +1,7 @@
 use candle_core::{DType, Device, Tensor};
-use ood_model::checkpoint::{file_sha256, save_checkpoint, Checkpoint, CheckpointMeta, FORMAT_VERSION};
+use ood_model::checkpoint::{
+    file_sha256, save_checkpoint, Checkpoint, CheckpointMeta, FORMAT_VERSION,
+};
 use ood_model::{build, parameter_count, preset, ModelConfig, ModelError};
 
 fn meta(config: &ModelConfig) -> CheckpointMeta {
@@ -23,7 +25,12 @@ fn all_values(varmap: &candle_nn::VarMap) -> Vec<(String, Vec<f32>)> {
     let vars = varmap.data().lock().unwrap();
     let mut v: Vec<_> = vars
         .iter()
-        .map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -50,7 +57,12 @@ fn shapes_and_seeded_init() {
     assert_eq!(out.logits.dims(), &[3, 9]);
     assert_eq!(out.pooled.dims(), &[3, 16]);
     assert_eq!(out.reconstruction.dims(), &[3, 1, 28, 28]);
-    let r = out.reconstruction.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let r = out
+        .reconstruction
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(r.iter().all(|v| (0.0..=1.0).contains(v)));
 }
 
@@ -63,15 +75,28 @@ fn checkpoint_round_trips_bit_exactly() {
     net.forward_all(&x, true).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
-    let extra = vec![("m.w".to_string(), Tensor::ones(3, DType::F32, &Device::Cpu).unwrap())];
+    let extra = vec![(
+        "m.w".to_string(),
+        Tensor::ones(3, DType::F32, &Device::Cpu).unwrap(),
+    )];
     save_checkpoint(&path, &meta(&config), &vm, &extra).unwrap();
     let ck = Checkpoint::load(&path, &Device::Cpu).unwrap();
     assert_eq!(ck.meta, meta(&config));
     assert_eq!(Checkpoint::read_meta(&path).unwrap(), meta(&config));
     let (vm2, net2) = ck.build_model(&path, &Device::Cpu).unwrap();
     assert_eq!(all_values(&vm), all_values(&vm2));
-    let y1 = net.forward_all(&x, false).unwrap().logits.to_vec2::<f32>().unwrap();
-    let y2 = net2.forward_all(&x, false).unwrap().logits.to_vec2::<f32>().unwrap();
+    let y1 = net
+        .forward_all(&x, false)
+        .unwrap()
+        .logits
+        .to_vec2::<f32>()
+        .unwrap();
+    let y2 = net2
+        .forward_all(&x, false)
+        .unwrap()
+        .logits
+        .to_vec2::<f32>()
+        .unwrap();
     assert_eq!(y1, y2);
     assert_eq!(ck.optimizer_state().len(), 1);
     assert_eq!(file_sha256(&path).unwrap().len(), 64);
@@ -97,7 +122,10 @@ fn bad_checkpoints_are_rejected_with_clear_errors() {
     let truncated = dir.path().join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
     let msg = load_err(&truncated);
-    assert!(msg.contains("truncated.safetensors") && msg.contains("not a valid safetensors"), "{msg}");
+    assert!(
+        msg.contains("truncated.safetensors") && msg.contains("not a valid safetensors"),
+        "{msg}"
+    );
 
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "hello, I am not a checkpoint").unwrap();
@@ -117,8 +145,15 @@ fn bad_checkpoints_are_rejected_with_clear_errors() {
     let mismatched = dir.path().join("mismatched.safetensors");
     save_checkpoint(&mismatched, &lying, &vm_other, &[]).unwrap();
     let ck = Checkpoint::load(&mismatched, &Device::Cpu).unwrap();
-    let err = ck.build_model(&mismatched, &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("shape") || err.contains("another model configuration"), "{err}");
+    let err = ck
+        .build_model(&mismatched, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("shape") || err.contains("another model configuration"),
+        "{err}"
+    );
     let (vm_tiny, _) = build(&config, &Device::Cpu, 1).unwrap();
     let ck_small = Checkpoint::load(&good, &Device::Cpu).unwrap();
     let (vm_small, _) = build(&other, &Device::Cpu, 1).unwrap();

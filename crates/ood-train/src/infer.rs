@@ -61,21 +61,33 @@ pub fn infer(
     };
     for start in (0..n).step_by(batch_size.max(1)) {
         let end = (start + batch_size).min(n);
-        let images = Tensor::from_slice(&pixels[start * per..end * per], (end - start, 1, side, side), device)?;
+        let images = Tensor::from_slice(
+            &pixels[start * per..end * per],
+            (end - start, 1, side, side),
+            device,
+        )?;
         let features = net.features(&images, false)?;
         let pooled = OodNet::pool(&features)?;
-        out.logits.extend(net.classify(&pooled)?.flatten_all()?.to_vec1::<f32>()?);
+        out.logits
+            .extend(net.classify(&pooled)?.flatten_all()?.to_vec1::<f32>()?);
         out.pooled.extend(pooled.flatten_all()?.to_vec1::<f32>()?);
         if keep_reconstructions {
             let features = match decoder_input {
                 Some(d) => net.features(
-                    &Tensor::from_slice(&d[start * per..end * per], (end - start, 1, side, side), device)?,
+                    &Tensor::from_slice(
+                        &d[start * per..end * per],
+                        (end - start, 1, side, side),
+                        device,
+                    )?,
                     false,
                 )?,
                 None => features,
             };
-            out.reconstructions
-                .extend(net.decode(&features, false)?.flatten_all()?.to_vec1::<f32>()?);
+            out.reconstructions.extend(
+                net.decode(&features, false)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
         }
     }
     Ok(out)
@@ -86,6 +98,10 @@ pub fn accuracy(predictions: &[usize], targets: &[u32]) -> f64 {
     if targets.is_empty() {
         return 0.0;
     }
-    let right = predictions.iter().zip(targets).filter(|(p, t)| **p == **t as usize).count();
+    let right = predictions
+        .iter()
+        .zip(targets)
+        .filter(|(p, t)| **p == **t as usize)
+        .count();
     right as f64 / targets.len() as f64
 }

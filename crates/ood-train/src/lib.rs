@@ -27,7 +27,9 @@ pub mod optim;
 pub mod train;
 
 pub use infer::{accuracy, infer, Inference};
-pub use train::{train, EpochMetrics, Outcome, TrainConfig, TrainSummary, CHECKPOINT_FILE, METRICS_FILE};
+pub use train::{
+    train, EpochMetrics, Outcome, TrainConfig, TrainSummary, CHECKPOINT_FILE, METRICS_FILE,
+};
 
 use std::path::PathBuf;
 
@@ -36,7 +38,11 @@ pub enum TrainError {
     #[error("{path}: {source}", path = .0.display(), source = .1)]
     Io(PathBuf, std::io::Error),
     #[error("the loss became NaN or infinite in epoch {epoch}, batch {batch}; training stopped and the last good checkpoint ({}) was kept: lower the learning rate or the loss weights", checkpoint.display())]
-    NonFinite { epoch: usize, batch: usize, checkpoint: PathBuf },
+    NonFinite {
+        epoch: usize,
+        batch: usize,
+        checkpoint: PathBuf,
+    },
     #[error("cannot resume: {0}")]
     Resume(String),
     #[error("{0}")]

@@ -45,7 +45,10 @@ pub struct AdamW {
 impl AdamW {
     /// All variables but BatchNorm running statistics.
     pub fn new(varmap: &VarMap, config: AdamWConfig) -> Result<Self> {
-        let vars = varmap.data().lock().expect("the var map lock is never poisoned");
+        let vars = varmap
+            .data()
+            .lock()
+            .expect("the var map lock is never poisoned");
         let mut params: Vec<Param> = vars
             .iter()
             .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
@@ -109,9 +112,9 @@ impl AdamW {
         for p in &mut self.params {
             for (key, slot) in [("m", &mut p.m), ("v", &mut p.v)] {
                 let name = format!("{key}.{}", p.name);
-                let t = state
-                    .get(&name)
-                    .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state {name} missing")))?;
+                let t = state.get(&name).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("optimizer state {name} missing"))
+                })?;
                 *slot = t.to_device(p.var.device())?.reshape(p.var.shape())?;
             }
         }
@@ -149,7 +152,12 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays() {
-        let s = Schedule { peak: 1.0, warmup_steps: 10, total_steps: 110, final_ratio: 0.1 };
+        let s = Schedule {
+            peak: 1.0,
+            warmup_steps: 10,
+            total_steps: 110,
+            final_ratio: 0.1,
+        };
         assert!((s.at(0) - 0.1).abs() < 1e-12);
         assert!((s.at(9) - 1.0).abs() < 1e-12);
         assert!((s.at(10) - 1.0).abs() < 1e-12);
@@ -163,12 +171,25 @@ mod tests {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
         let w = vb.get_with_hints((2, 2), "w", Init::Const(3.0)).unwrap();
-        let mut opt = AdamW::new(&vm, AdamWConfig { weight_decay: 0.0, ..Default::default() }).unwrap();
+        let mut opt = AdamW::new(
+            &vm,
+            AdamWConfig {
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         for _ in 0..300 {
             let loss = w.sqr().unwrap().sum_all().unwrap();
             opt.backward_step(&loss, 0.05).unwrap();
         }
-        let left = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let left = w
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(left < 0.1, "{left}");
         let state: HashMap<_, _> = opt.state().into_iter().collect();
         let mut again = AdamW::new(&vm, AdamWConfig::default()).unwrap();

@@ -134,7 +134,10 @@ pub fn train(
     if resume {
         let ck = Checkpoint::load(&checkpoint_path, device)?;
         let saved: TrainConfig = serde_json::from_value(ck.meta.training.clone()).map_err(|e| {
-            TrainError::Resume(format!("{}: unreadable training arguments: {e}", checkpoint_path.display()))
+            TrainError::Resume(format!(
+                "{}: unreadable training arguments: {e}",
+                checkpoint_path.display()
+            ))
         })?;
         if saved != *config {
             return Err(TrainError::Resume(format!(
@@ -150,7 +153,12 @@ pub fn train(
         first_batch = ck.meta.batch_in_epoch;
         history = read_history(&metrics_path)?;
         history.truncate(epoch);
-        tracing::info!(epoch, batch = first_batch, "resuming from {}", checkpoint_path.display());
+        tracing::info!(
+            epoch,
+            batch = first_batch,
+            "resuming from {}",
+            checkpoint_path.display()
+        );
     }
 
     let batcher = Batcher::new(&splits.train, &classes, config.batch_size)?.shuffled(config.seed);
@@ -164,7 +172,10 @@ pub fn train(
     }
     let schedule = Schedule {
         peak: config.learning_rate,
-        warmup_steps: config.warmup_steps.min((batches * config.epochs) as u64 / 10).max(1),
+        warmup_steps: config
+            .warmup_steps
+            .min((batches * config.epochs) as u64 / 10)
+            .max(1),
         total_steps: (batches * config.epochs) as u64,
         final_ratio: config.final_lr_ratio,
     };
@@ -173,7 +184,11 @@ pub fn train(
         .validation
         .labels
         .iter()
-        .map(|&l| classes.class_index(l).expect("validation holds known classes") as u32)
+        .map(|&l| {
+            classes
+                .class_index(l)
+                .expect("validation holds known classes") as u32
+        })
         .collect();
     let side = config.model.image_size;
 
@@ -196,11 +211,19 @@ pub fn train(
                 let features = net.features(&both, true)?;
                 let logits = net.classify(&OodNet::pool(&features.narrow(0, 0, n)?)?)?;
                 let recon = net.decode(&features.narrow(0, n, n)?, true)?;
-                let terms = objective(&logits, &batch.targets, Some((&recon, &batch.images)), &config.loss)?;
+                let terms = objective(
+                    &logits,
+                    &batch.targets,
+                    Some((&recon, &batch.images)),
+                    &config.loss,
+                )?;
                 (terms, logits)
             } else {
                 let logits = net.classify(&OodNet::pool(&net.features(&batch.images, true)?)?)?;
-                (objective(&logits, &batch.targets, None, &config.loss)?, logits)
+                (
+                    objective(&logits, &batch.targets, None, &config.loss)?,
+                    logits,
+                )
             };
             let total = terms.total.to_scalar::<f32>()?;
             if !total.is_finite() {
@@ -216,18 +239,33 @@ pub fn train(
             let ips = sums.images as f64 / started.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "loss {:.4} ce {:.4} focal {:.4} std {:.4} den {:.4} | {ips:.0} img/s",
-                sums.mean(sums.loss), sums.mean(sums.ce), sums.mean(sums.focal), sums.mean(sums.std), sums.mean(sums.den)
+                sums.mean(sums.loss),
+                sums.mean(sums.ce),
+                sums.mean(sums.focal),
+                sums.mean(sums.std),
+                sums.mean(sums.den)
             ));
             bar.inc(1);
             if interrupt.load(Ordering::SeqCst) && b + 1 < batches {
                 bar.abandon_with_message("interrupted: saving a checkpoint");
                 let meta = meta_for(config, epoch, b + 1, opt.step, history.last());
                 save_checkpoint(&checkpoint_path, &meta, &varmap, &opt.state())?;
-                return Ok(TrainSummary { outcome: Outcome::Interrupted, checkpoint: checkpoint_path, history });
+                return Ok(TrainSummary {
+                    outcome: Outcome::Interrupted,
+                    checkpoint: checkpoint_path,
+                    history,
+                });
             }
         }
         let train_seconds = started.elapsed().as_secs_f64();
-        let val = infer(&net, &val_pixels, None, false, config.eval_batch_size, device)?;
+        let val = infer(
+            &net,
+            &val_pixels,
+            None,
+            false,
+            config.eval_batch_size,
+            device,
+        )?;
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             step: opt.step,
@@ -248,7 +286,13 @@ pub fn train(
             100.0 * metrics.val_accuracy,
             metrics.images_per_second
         ));
-        tracing::info!(epoch = metrics.epoch, loss = metrics.loss, val_accuracy = metrics.val_accuracy, seconds = metrics.seconds, "epoch done");
+        tracing::info!(
+            epoch = metrics.epoch,
+            loss = metrics.loss,
+            val_accuracy = metrics.val_accuracy,
+            seconds = metrics.seconds,
+            "epoch done"
+        );
         history.push(metrics);
         epoch += 1;
         first_batch = 0;
@@ -256,13 +300,27 @@ pub fn train(
         let meta = meta_for(config, epoch, 0, opt.step, history.last());
         save_checkpoint(&checkpoint_path, &meta, &varmap, &opt.state())?;
         if interrupt.load(Ordering::SeqCst) && epoch < config.epochs {
-            return Ok(TrainSummary { outcome: Outcome::Interrupted, checkpoint: checkpoint_path, history });
+            return Ok(TrainSummary {
+                outcome: Outcome::Interrupted,
+                checkpoint: checkpoint_path,
+                history,
+            });
         }
     }
-    Ok(TrainSummary { outcome: Outcome::Finished, checkpoint: checkpoint_path, history })
+    Ok(TrainSummary {
+        outcome: Outcome::Finished,
+        checkpoint: checkpoint_path,
+        history,
+    })
 }
 
-fn meta_for(config: &TrainConfig, epoch: usize, batch: usize, step: u64, last: Option<&EpochMetrics>) -> CheckpointMeta {
+fn meta_for(
+    config: &TrainConfig,
+    epoch: usize,
+    batch: usize,
+    step: u64,
+    last: Option<&EpochMetrics>,
+) -> CheckpointMeta {
     CheckpointMeta {
         format_version: FORMAT_VERSION,
         preset: config.preset.clone(),
@@ -304,7 +362,13 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, t: &ood_losses::LossTerms, logits: &Tensor, targets: &[u32], total: f32) -> candle_core::Result<()> {
+    fn add(
+        &mut self,
+        t: &ood_losses::LossTerms,
+        logits: &Tensor,
+        targets: &[u32],
+        total: f32,
+    ) -> candle_core::Result<()> {
         self.loss += total as f64;
         self.ce += t.cross_entropy.to_scalar::<f32>()? as f64;
         self.focal += t.inverse_focal.to_scalar::<f32>()? as f64;
@@ -335,7 +399,8 @@ pub fn read_history(path: &Path) -> Result<Vec<EpochMetrics>> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| TrainError::Config(format!("{} line {}: {e}", path.display(), i + 1)))
+            serde_json::from_str(l)
+                .map_err(|e| TrainError::Config(format!("{} line {}: {e}", path.display(), i + 1)))
         })
         .collect()
 }
@@ -346,5 +411,6 @@ fn write_history(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         text.push_str(&serde_json::to_string(m).expect("metrics serialise"));
         text.push('\n');
     }
-    ood_data::atomic::write_atomic(path, text.as_bytes()).map_err(|e| TrainError::Io(path.to_path_buf(), e))
+    ood_data::atomic::write_atomic(path, text.as_bytes())
+        .map_err(|e| TrainError::Io(path.to_path_buf(), e))
 }

@@ -23,19 +23,35 @@ pub fn info(data: &DataArgs, seed: u64) -> Result<()> {
     let root = resolve_data_root(data.data_dir.as_deref());
     println!("data root: {}", root.display());
     let (train, test) = load_mnist(data)?;
-    println!("mnist train: {} images of {}x{}", train.len(), train.images.rows, train.images.cols);
+    println!(
+        "mnist train: {} images of {}x{}",
+        train.len(),
+        train.images.rows,
+        train.images.cols
+    );
     println!("  labels {}", histogram(&train));
     println!("mnist test: {} images", test.len());
     println!("  labels {}", histogram(&test));
-    let cfg = SplitConfig { seed, ..Default::default() };
+    let cfg = SplitConfig {
+        seed,
+        ..Default::default()
+    };
     let s = Splits::new(&train, &test, &cfg)?;
     println!(
         "splits (known {:?}, unknown {:?}, seed {seed}):",
         cfg.classes.known, cfg.classes.unknown
     );
     println!("  known-class training pool {}", s.pool_size);
-    println!("  train {}  validation {}", s.train.len(), s.validation.len());
-    println!("  test known {}  test unknown {}", s.test_known.len(), s.test_unknown.len());
+    println!(
+        "  train {}  validation {}",
+        s.train.len(),
+        s.validation.len()
+    );
+    println!(
+        "  test known {}  test unknown {}",
+        s.test_known.len(),
+        s.test_unknown.len()
+    );
     match DatasetDir::in_root(&root, FASHION_MNIST) {
         Ok(dir) if dir.has_split(Split::Test) => {
             let f = dir.load(Split::Test)?;

@@ -77,12 +77,25 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         recon_id_acceptance: args.recon_acceptance,
         ..Default::default()
     };
-    let (calibration, set) = ood_eval::calibrate(&model.net, &model.train, &splits.validation, &args.checkpoint, &config, &device)?;
-    let out = args.out.clone().unwrap_or_else(|| default_calibration_path(&args.checkpoint));
+    let (calibration, set) = ood_eval::calibrate(
+        &model.net,
+        &model.train,
+        &splits.validation,
+        &args.checkpoint,
+        &config,
+        &device,
+    )?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_calibration_path(&args.checkpoint));
     ood_eval::write_calibration(&out, &calibration)?;
     let fig_dir = out.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     write_calibration_figures(&fig_dir, &calibration, &set, model.net.config.image_size)?;
-    let recon = calibration.rule.recon_threshold.map_or("off".into(), |t| format!("> {t:.5}"));
+    let recon = calibration
+        .rule
+        .recon_threshold
+        .map_or("off".into(), |t| format!("> {t:.5}"));
     println!(
         "calibrated on {} held-out digits + {} synthetic OOD: OOD when max softmax < {:.4} or reconstruction error {recon}",
         calibration.n_in_distribution, calibration.n_synthetic_ood, calibration.rule.msp_threshold
@@ -101,7 +114,10 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
 pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let device = args.device.open()?;
     let model = load_model(&args.checkpoint, &device)?;
-    let cal_path = args.calibration.clone().unwrap_or_else(|| default_calibration_path(&args.checkpoint));
+    let cal_path = args
+        .calibration
+        .clone()
+        .unwrap_or_else(|| default_calibration_path(&args.checkpoint));
     let calibration = ood_eval::read_calibration(&cal_path, &args.checkpoint)?;
     let splits = load_splits(&args.data, &model)?;
     let mut far = Vec::new();
@@ -166,30 +182,54 @@ pub struct BenchOodArgs {
 }
 
 fn load_any_split(dir: &DatasetDir) -> Result<ood_data::LabeledImages> {
-    let split = if dir.has_split(Split::Test) { Split::Test } else { Split::Train };
+    let split = if dir.has_split(Split::Test) {
+        Split::Test
+    } else {
+        Split::Train
+    };
     Ok(dir.load(split)?)
 }
 
 pub fn bench_ood(args: &BenchOodArgs) -> Result<()> {
-    use ood_eval::bench_ood::{bench_ood, markdown, synthetic_sets, write_bench, BenchConfig, OodSet};
+    use ood_eval::bench_ood::{
+        bench_ood, markdown, synthetic_sets, write_bench, BenchConfig, OodSet,
+    };
     let device = args.device.open()?;
     let model = load_model(&args.checkpoint, &device)?;
-    let cal_path = args.calibration.clone().unwrap_or_else(|| default_calibration_path(&args.checkpoint));
+    let cal_path = args
+        .calibration
+        .clone()
+        .unwrap_or_else(|| default_calibration_path(&args.checkpoint));
     let calibration = ood_eval::read_calibration(&cal_path, &args.checkpoint)?;
     let splits = load_splits(&args.data, &model)?;
     let limit = model.train.limit;
-    let mut sets = vec![OodSet::from_images(&format!("MNIST {:?}", model.train.unknown_classes), &splits.test_unknown)];
+    let mut sets = vec![OodSet::from_images(
+        &format!("MNIST {:?}", model.train.unknown_classes),
+        &splits.test_unknown,
+    )];
     let root = resolve_data_root(args.data.data_dir.as_deref());
     if let Ok(dir) = DatasetDir::in_root(&root, FASHION_MNIST) {
-        sets.push(OodSet::from_images("Fashion-MNIST", &load_any_split(&dir)?.truncated(limit)));
+        sets.push(OodSet::from_images(
+            "Fashion-MNIST",
+            &load_any_split(&dir)?.truncated(limit),
+        ));
     }
-    sets.extend(synthetic_sets(&splits.test_known, args.synthetic_count.min(limit.unwrap_or(usize::MAX)), model.train.seed));
+    sets.extend(synthetic_sets(
+        &splits.test_known,
+        args.synthetic_count.min(limit.unwrap_or(usize::MAX)),
+        model.train.seed,
+    ));
     for spec in &args.ood_dirs {
         let (name, dir) = spec
             .split_once('=')
             .with_context(|| format!("--ood-dir {spec:?}: expected NAME=DIR"))?;
         let data = load_any_split(&DatasetDir::at(dir)?)?.truncated(limit);
-        anyhow::ensure!(data.images.rows == 28 && data.images.cols == 28, "{dir}: images are {}x{}, not 28x28", data.images.rows, data.images.cols);
+        anyhow::ensure!(
+            data.images.rows == 28 && data.images.cols == 28,
+            "{dir}: images are {}x{}, not 28x28",
+            data.images.rows,
+            data.images.cols
+        );
         sets.push(OodSet::from_images(name, &data));
     }
     let config = BenchConfig {
@@ -209,6 +249,10 @@ pub fn bench_ood(args: &BenchOodArgs) -> Result<()> {
     )?;
     write_bench(&args.out, &result)?;
     println!("{}", markdown(&result));
-    println!("({:.0} s) wrote {}", result.seconds, args.out.join("bench-ood.json").display());
+    println!(
+        "({:.0} s) wrote {}",
+        result.seconds,
+        args.out.join("bench-ood.json").display()
+    );
     Ok(())
 }

@@ -4,7 +4,10 @@ use ood_model::{build, parameter_count, Checkpoint, ModelConfig, PRESETS};
 use std::path::Path;
 
 pub fn presets() -> Result<()> {
-    println!("{:<7} {:>5} {:>9} {:>12} {:>14}  summary", "preset", "width", "blocks", "parameters", "MFLOP/image");
+    println!(
+        "{:<7} {:>5} {:>9} {:>12} {:>14}  summary",
+        "preset", "width", "blocks", "parameters", "MFLOP/image"
+    );
     for p in PRESETS.iter() {
         let config = ModelConfig::new(p.width, p.blocks, 9);
         let (varmap, _) = build(&config, &Device::Cpu, 0)?;
@@ -31,7 +34,10 @@ pub fn checkpoint(path: &Path, json: bool) -> Result<()> {
     let sha = ood_model::checkpoint::file_sha256(path)?;
     println!("checkpoint: {}", path.display());
     println!("  sha256: {sha}");
-    println!("  written by: {} (format {})", meta.producer, meta.format_version);
+    println!(
+        "  written by: {} (format {})",
+        meta.producer, meta.format_version
+    );
     println!(
         "  model: preset {} width {} blocks {:?} classes {} ({:.1} MFLOP/image)",
         meta.preset,
@@ -40,11 +46,22 @@ pub fn checkpoint(path: &Path, json: bool) -> Result<()> {
         meta.model.num_classes,
         meta.model.forward_flops_per_image() as f64 / 1e6
     );
-    println!("  known classes: {:?}  unknown: {:?}", meta.known_classes, meta.unknown_classes);
-    let epochs = meta.training.get("epochs").and_then(|v| v.as_u64()).unwrap_or(0);
+    println!(
+        "  known classes: {:?}  unknown: {:?}",
+        meta.known_classes, meta.unknown_classes
+    );
+    let epochs = meta
+        .training
+        .get("epochs")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
     print!("  epoch {}/{epochs}, step {}", meta.epoch, meta.step);
     if meta.batch_in_epoch > 0 {
-        print!(" (interrupted after batch {} of epoch {})", meta.batch_in_epoch, meta.epoch + 1);
+        print!(
+            " (interrupted after batch {} of epoch {})",
+            meta.batch_in_epoch,
+            meta.epoch + 1
+        );
     }
     println!(", seed {}", meta.seed);
     if let Some(m) = meta.metrics.as_object() {

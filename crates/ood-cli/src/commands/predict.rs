@@ -41,7 +41,10 @@ struct Prediction {
 pub fn run(args: &PredictArgs) -> Result<()> {
     let device = args.device.open()?;
     let model = load_model(&args.checkpoint, &device)?;
-    let cal_path = args.calibration.clone().unwrap_or_else(|| default_calibration_path(&args.checkpoint));
+    let cal_path = args
+        .calibration
+        .clone()
+        .unwrap_or_else(|| default_calibration_path(&args.checkpoint));
     let calibration = ood_eval::read_calibration(&cal_path, &args.checkpoint)?;
     let mut results: Vec<Prediction> = Vec::new();
     let mut pixels = Vec::new();
@@ -61,7 +64,15 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         results.push(r);
     }
     if !good.is_empty() {
-        let scored = score_images(&model.net, &pixels, &model.train.noise, model.train.seed, PREDICT_STREAM, 256, &device)?;
+        let scored = score_images(
+            &model.net,
+            &pixels,
+            &model.train.noise,
+            model.train.seed,
+            PREDICT_STREAM,
+            256,
+            &device,
+        )?;
         for (j, &i) in good.iter().enumerate() {
             let (msp, err) = (scored.msp[j], scored.recon_error[j]);
             let guess = model.train.known_classes[scored.predictions[j]];

@@ -106,7 +106,10 @@ impl TrainArgs {
                 StdSignArg::Literal => StdSign::Literal,
             };
         }
-        anyhow::ensure!(c.epochs > 0 && c.batch_size > 0, "epochs and batch size must be positive");
+        anyhow::ensure!(
+            c.epochs > 0 && c.batch_size > 0,
+            "epochs and batch size must be positive"
+        );
         Ok(c)
     }
 }
@@ -137,8 +140,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         args.out.display()
     );
     let started = std::time::Instant::now();
-    let summary = train(&config, &splits, &device, &args.out, args.resume, &INTERRUPTED)
-        .with_context(|| format!("training into {}", args.out.display()))?;
+    let summary = train(
+        &config,
+        &splits,
+        &device,
+        &args.out,
+        args.resume,
+        &INTERRUPTED,
+    )
+    .with_context(|| format!("training into {}", args.out.display()))?;
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     match summary.outcome {
         Outcome::Finished => {
@@ -153,7 +163,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             Ok(())
         }
         Outcome::Interrupted => {
-            println!("interrupted after {minutes:.1} min; resume with --resume: {}", summary.checkpoint.display());
+            println!(
+                "interrupted after {minutes:.1} min; resume with --resume: {}",
+                summary.checkpoint.display()
+            );
             anyhow::bail!("interrupted")
         }
     }

@@ -190,7 +190,16 @@ fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
             im2col(x_img, g, col);
             col
         };
-        matmul((g.cout, howo, kk), y_img, false, w, (kk, 1), cols, (howo, 1), !across);
+        matmul(
+            (g.cout, howo, kk),
+            y_img,
+            false,
+            w,
+            (kk, 1),
+            cols,
+            (howo, 1),
+            !across,
+        );
     };
     if across {
         y.par_chunks_mut(g.cout * howo)
@@ -198,7 +207,9 @@ fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
             .for_each_init(Vec::new, |col, item| work(item, col));
     } else {
         let mut col = Vec::new();
-        y.chunks_mut(g.cout * howo).enumerate().for_each(|item| work(item, &mut col));
+        y.chunks_mut(g.cout * howo)
+            .enumerate()
+            .for_each(|item| work(item, &mut col));
     }
     y
 }
@@ -211,10 +222,28 @@ fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
         let dy_img = &dy[i * g.cout * howo..(i + 1) * g.cout * howo];
         // Wᵀ is (kk x cout): element (r, c) of it is w[c * kk + r].
         if g.is_pointwise() {
-            matmul((kk, howo, g.cout), dx_img, false, w, (1, kk), dy_img, (howo, 1), !across);
+            matmul(
+                (kk, howo, g.cout),
+                dx_img,
+                false,
+                w,
+                (1, kk),
+                dy_img,
+                (howo, 1),
+                !across,
+            );
         } else {
             col.resize(kk * howo, 0.0);
-            matmul((kk, howo, g.cout), col, false, w, (1, kk), dy_img, (howo, 1), !across);
+            matmul(
+                (kk, howo, g.cout),
+                col,
+                false,
+                w,
+                (1, kk),
+                dy_img,
+                (howo, 1),
+                !across,
+            );
             col2im(col, g, dx_img);
         }
     };
@@ -224,7 +253,9 @@ fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
             .for_each_init(Vec::new, |col, item| work(item, col));
     } else {
         let mut col = Vec::new();
-        dx.chunks_mut(g.cin * g.in_pixels()).enumerate().for_each(|item| work(item, &mut col));
+        dx.chunks_mut(g.cin * g.in_pixels())
+            .enumerate()
+            .for_each(|item| work(item, &mut col));
     }
     dx
 }
@@ -245,7 +276,16 @@ fn conv_backward_filter(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
                 &col
             };
             // dw (cout x kk) += dy (cout x howo) · colsᵀ (howo x kk)
-            matmul((g.cout, kk, howo), &mut dw, true, dy_img, (howo, 1), cols, (1, howo), parallel);
+            matmul(
+                (g.cout, kk, howo),
+                &mut dw,
+                true,
+                dy_img,
+                (howo, 1),
+                cols,
+                (1, howo),
+                parallel,
+            );
         }
         dw
     };
@@ -318,11 +358,21 @@ impl CustomOp2 for ConvForward {
         "ood-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, cin, h, w) = dims4(l1, "conv2d input")?;
         let (cout, cin_w, k, k2) = dims4(l2, "conv2d weight")?;
         if cin != cin_w || k != k2 {
-            candle_core::bail!("conv2d: input {:?} and weight {:?} do not fit", l1.dims(), l2.dims());
+            candle_core::bail!(
+                "conv2d: input {:?} and weight {:?} do not fit",
+                l1.dims(),
+                l2.dims()
+            );
         }
         let g = Geometry {
             n,
@@ -336,11 +386,21 @@ impl CustomOp2 for ConvForward {
             ho: out_size(h, k, self.stride, self.pad)?,
             wo: out_size(w, k, self.stride, self.pad)?,
         };
-        let y = conv_forward(contiguous(s1, l1, "conv2d input")?, contiguous(s2, l2, "conv2d weight")?, &g);
+        let y = conv_forward(
+            contiguous(s1, l1, "conv2d input")?,
+            contiguous(s2, l2, "conv2d weight")?,
+            &g,
+        );
         Ok((CpuStorage::F32(y), Shape::from((n, cout, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let (_, _, h, wd) = x.dims4()?;
         let dx = dy.apply_op2_no_bwd(
@@ -369,11 +429,21 @@ impl CustomOp2 for ConvBackwardData {
         "ood-conv2d-backward-data"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, cout, ho, wo) = dims4(l1, "output gradient")?;
         let (cout_w, cin, k, _) = dims4(l2, "conv weight")?;
         if cout != cout_w {
-            candle_core::bail!("conv backward: gradient {:?} and weight {:?} do not fit", l1.dims(), l2.dims());
+            candle_core::bail!(
+                "conv backward: gradient {:?} and weight {:?} do not fit",
+                l1.dims(),
+                l2.dims()
+            );
         }
         let g = Geometry {
             n,
@@ -387,16 +457,32 @@ impl CustomOp2 for ConvBackwardData {
             ho,
             wo,
         };
-        if out_size(self.h, k, self.stride, self.pad)? != ho || out_size(self.w, k, self.stride, self.pad)? != wo {
-            candle_core::bail!("conv backward: an input of {}x{} does not give a {ho}x{wo} output", self.h, self.w);
+        if out_size(self.h, k, self.stride, self.pad)? != ho
+            || out_size(self.w, k, self.stride, self.pad)? != wo
+        {
+            candle_core::bail!(
+                "conv backward: an input of {}x{} does not give a {ho}x{wo} output",
+                self.h,
+                self.w
+            );
         }
-        let dx = conv_backward_data(contiguous(s1, l1, "output gradient")?, contiguous(s2, l2, "conv weight")?, &g);
+        let dx = conv_backward_data(
+            contiguous(s1, l1, "output gradient")?,
+            contiguous(s2, l2, "conv weight")?,
+            &g,
+        );
         Ok((CpuStorage::F32(dx), Shape::from((n, cin, self.h, self.w))))
     }
 
     /// As the forward of a transposed convolution `(x, w) -> y`: `dx = conv(dy, w)` and
     /// `dw = filter gradient of a convolution with input dy and output gradient x`.
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let dx = dy.apply_op2_no_bwd(
             w,
@@ -422,7 +508,13 @@ impl CustomOp2 for ConvBackwardFilter {
         "ood-conv2d-backward-filter"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, cin, h, w) = dims4(l1, "conv input")?;
         let (n2, cout, ho, wo) = dims4(l2, "output gradient")?;
         if n != n2 {
@@ -440,22 +532,36 @@ impl CustomOp2 for ConvBackwardFilter {
             ho,
             wo,
         };
-        let dw = conv_backward_filter(contiguous(s1, l1, "conv input")?, contiguous(s2, l2, "output gradient")?, &g);
-        Ok((CpuStorage::F32(dw), Shape::from((cout, cin, self.k, self.k))))
+        let dw = conv_backward_filter(
+            contiguous(s1, l1, "conv input")?,
+            contiguous(s2, l2, "output gradient")?,
+            &g,
+        );
+        Ok((
+            CpuStorage::F32(dw),
+            Shape::from((cout, cin, self.k, self.k)),
+        ))
     }
 }
 
 /// `conv2d(x, w)` with square stride and padding, no dilation or groups.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     if super::fast_path(x) {
-        x.contiguous()?.apply_op2(&w.contiguous()?, ConvForward { stride, pad })
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, ConvForward { stride, pad })
     } else {
         x.conv2d(w, pad, stride, 1, 1)
     }
 }
 
 /// `conv_transpose2d(x, w)` with `w` laid out `(in, out, k, k)` as in PyTorch and candle.
-pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, output_padding: usize) -> Result<Tensor> {
+pub fn conv_transpose2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    output_padding: usize,
+) -> Result<Tensor> {
     if super::fast_path(x) {
         let (_, _, h, wd) = x.dims4()?;
         let k = w.dim(2)?;
@@ -484,11 +590,30 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn new(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (cout, cin, k, k),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
         let bias = if bias {
             let bound = 1. / ((cin * k * k) as f64).sqrt();
-            Some(vb.get_with_hints(cout, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?)
+            Some(vb.get_with_hints(
+                cout,
+                "bias",
+                candle_nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?)
         } else {
             None
         };
@@ -520,10 +645,28 @@ pub struct ConvTranspose2d {
 }
 
 impl ConvTranspose2d {
-    pub fn new(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let bound = 1. / (cout as f64).sqrt() / k as f64;
-        let weight = vb.get_with_hints((cin, cout, k, k), "weight", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
-        Ok(Self { weight, stride, pad })
+        let weight = vb.get_with_hints(
+            (cin, cout, k, k),
+            "weight",
+            candle_nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        Ok(Self {
+            weight,
+            stride,
+            pad,
+        })
     }
 }
 
@@ -551,7 +694,10 @@ mod tests {
         let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
         let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!((x - y).abs() <= 1e-4 * scale, "{what}[{i}]: fast {x} vs candle {y}");
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{what}[{i}]: fast {x} vs candle {y}"
+            );
         }
     }
 
@@ -575,8 +721,16 @@ mod tests {
         let r = random(fy.dims(), rng);
         let fg = (&fy * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let sg = (&sy * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        assert_close(fg.get(&fx).unwrap(), sg.get(&sx).unwrap(), &format!("{what} input gradient"));
-        assert_close(fg.get(&fw).unwrap(), sg.get(&sw).unwrap(), &format!("{what} weight gradient"));
+        assert_close(
+            fg.get(&fx).unwrap(),
+            sg.get(&sx).unwrap(),
+            &format!("{what} input gradient"),
+        );
+        assert_close(
+            fg.get(&fw).unwrap(),
+            sg.get(&sw).unwrap(),
+            &format!("{what} weight gradient"),
+        );
     }
 
     #[test]
@@ -621,7 +775,8 @@ mod tests {
         for (n, cin, cout, size, k, stride, pad, op) in cases {
             let x = random(&[n, cin, size, size], &mut rng);
             let w = random(&[cin, cout, k, k], &mut rng);
-            let what = format!("convT n{n} cin{cin} cout{cout} {size}px k{k} s{stride} p{pad} op{op}");
+            let what =
+                format!("convT n{n} cin{cin} cout{cout} {size}px k{k} s{stride} p{pad} op{op}");
             let size_out = |s: usize| (s - 1) * stride + k + op - 2 * pad;
             compare(
                 &x,
