@@ -24,7 +24,7 @@ pub struct Images {
 
 impl Images {
     pub fn new(rows: usize, cols: usize, pixels: Vec<u8>) -> Self {
-        assert!(rows * cols > 0 && pixels.len() % (rows * cols) == 0);
+        assert!(rows * cols > 0 && pixels.len().is_multiple_of(rows * cols));
         Self { rows, cols, pixels }
     }
 

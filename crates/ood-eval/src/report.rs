@@ -106,6 +106,7 @@ fn pct(v: f64) -> String {
 }
 
 /// Writes `report.md`, `metrics.json` and the figures into `dir`.
+#[allow(clippy::too_many_arguments)]
 pub fn write_report(
     dir: &Path,
     checkpoint: &Path,

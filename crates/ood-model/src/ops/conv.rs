@@ -136,8 +136,8 @@ fn matmul(
     parallel: bool,
 ) {
     debug_assert!(dst.len() >= m * n);
-    debug_assert!(lhs.len() >= (m - 1) * lhs_rs + (k - 1) * lhs_cs + 1);
-    debug_assert!(rhs.len() >= (k - 1) * rhs_rs + (n - 1) * rhs_cs + 1);
+    debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
     let parallelism = if parallel {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
