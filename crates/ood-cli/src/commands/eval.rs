@@ -111,14 +111,24 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Loads a checkpoint and its calibration (by default `calibration.json` beside it), which must
+/// have been made for exactly this checkpoint.
+pub fn calibrated_model(
+    checkpoint: &std::path::Path,
+    calibration: Option<&std::path::Path>,
+    device: &candle_core::Device,
+) -> Result<(ood_eval::LoadedModel, ood_eval::Calibration)> {
+    let model = load_model(checkpoint, device)?;
+    let path =
+        calibration.map_or_else(|| default_calibration_path(checkpoint), |p| p.to_path_buf());
+    let calibration = ood_eval::read_calibration(&path, checkpoint)?;
+    Ok((model, calibration))
+}
+
 pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let device = args.device.open()?;
-    let model = load_model(&args.checkpoint, &device)?;
-    let cal_path = args
-        .calibration
-        .clone()
-        .unwrap_or_else(|| default_calibration_path(&args.checkpoint));
-    let calibration = ood_eval::read_calibration(&cal_path, &args.checkpoint)?;
+    let (model, calibration) =
+        super::eval::calibrated_model(&args.checkpoint, args.calibration.as_deref(), &device)?;
     let splits = load_splits(&args.data, &model)?;
     let mut far = Vec::new();
     if !args.no_fashion {
@@ -195,12 +205,8 @@ pub fn bench_ood(args: &BenchOodArgs) -> Result<()> {
         bench_ood, markdown, synthetic_sets, write_bench, BenchConfig, OodSet,
     };
     let device = args.device.open()?;
-    let model = load_model(&args.checkpoint, &device)?;
-    let cal_path = args
-        .calibration
-        .clone()
-        .unwrap_or_else(|| default_calibration_path(&args.checkpoint));
-    let calibration = ood_eval::read_calibration(&cal_path, &args.checkpoint)?;
+    let (model, calibration) =
+        super::eval::calibrated_model(&args.checkpoint, args.calibration.as_deref(), &device)?;
     let splits = load_splits(&args.data, &model)?;
     let limit = model.train.limit;
     let mut sets = vec![OodSet::from_images(

@@ -1,6 +1,5 @@
 use anyhow::Result;
-use ood_eval::calibration::default_calibration_path;
-use ood_eval::{load_model, score_images};
+use ood_eval::score_images;
 use ood_model::DeviceChoice;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -40,12 +39,8 @@ struct Prediction {
 
 pub fn run(args: &PredictArgs) -> Result<()> {
     let device = args.device.open()?;
-    let model = load_model(&args.checkpoint, &device)?;
-    let cal_path = args
-        .calibration
-        .clone()
-        .unwrap_or_else(|| default_calibration_path(&args.checkpoint));
-    let calibration = ood_eval::read_calibration(&cal_path, &args.checkpoint)?;
+    let (model, calibration) =
+        super::eval::calibrated_model(&args.checkpoint, args.calibration.as_deref(), &device)?;
     let mut results: Vec<Prediction> = Vec::new();
     let mut pixels = Vec::new();
     let mut good = Vec::new();
