@@ -170,11 +170,28 @@ fn matmul(
     }
 }
 
-/// Runs `per_image(image_index, scratch)` over all images: images spread over the thread
-/// pool when there are enough, otherwise one image at a time with a parallel GEMM inside.
-/// Returns whether each GEMM should itself be parallel.
+/// Whether to spread images over the thread pool (enough images for every thread) rather than
+/// run one image at a time with a parallel GEMM inside.
 fn images_in_parallel(n: usize) -> bool {
     n >= rayon::current_num_threads()
+}
+
+/// Runs `work((image_index, image_out), scratch)` for each `per_image`-long chunk of `out`,
+/// across the pool when `across`, each thread reusing its own scratch buffer.
+fn for_each_image<F>(out: &mut [f32], per_image: usize, across: bool, work: F)
+where
+    F: Fn((usize, &mut [f32]), &mut Vec<f32>) + Sync,
+{
+    if across {
+        out.par_chunks_mut(per_image)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, item| work(item, scratch));
+    } else {
+        let mut scratch = Vec::new();
+        out.chunks_mut(per_image)
+            .enumerate()
+            .for_each(|item| work(item, &mut scratch));
+    }
 }
 
 fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
@@ -201,16 +218,7 @@ fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
             !across,
         );
     };
-    if across {
-        y.par_chunks_mut(g.cout * howo)
-            .enumerate()
-            .for_each_init(Vec::new, |col, item| work(item, col));
-    } else {
-        let mut col = Vec::new();
-        y.chunks_mut(g.cout * howo)
-            .enumerate()
-            .for_each(|item| work(item, &mut col));
-    }
+    for_each_image(&mut y, g.cout * howo, across, work);
     y
 }
 
@@ -247,16 +255,7 @@ fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
             col2im(col, g, dx_img);
         }
     };
-    if across {
-        dx.par_chunks_mut(g.cin * g.in_pixels())
-            .enumerate()
-            .for_each_init(Vec::new, |col, item| work(item, col));
-    } else {
-        let mut col = Vec::new();
-        dx.chunks_mut(g.cin * g.in_pixels())
-            .enumerate()
-            .for_each(|item| work(item, &mut col));
-    }
+    for_each_image(&mut dx, g.cin * g.in_pixels(), across, work);
     dx
 }
 
