@@ -76,9 +76,11 @@ fn trained(dir: &Path) -> bool {
 }
 
 /// Trains (or resumes), calibrates and evaluates one model; returns evaluate's metrics.json.
+/// Trains (or resumes), calibrates and evaluates one model; returns evaluate's metrics.json.
 fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool) -> Result<Value> {
     let d = dir.display().to_string();
     let ckpt = format!("{d}/checkpoint.safetensors");
+    let started = Instant::now();
     if !trained(dir) {
         let mut a = vec!["train".to_string(), "--out".into(), d.clone()];
         if dir.join("checkpoint.safetensors").exists() {
@@ -114,7 +116,40 @@ fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool)
         a.extend(study.data_flags.iter().cloned());
         ood(&[], &a)?;
     }
+    add_wall_time(dir, started.elapsed().as_secs_f64())?;
     read_json(&dir.join("report/metrics.json"))
+}
+
+/// The file in a run folder that sums the seconds every study invocation spent on the model, so
+/// a resumed study still reports the whole wall time of its models.
+const WALL_TIME_FILE: &str = "study-wall-seconds.txt";
+
+fn add_wall_time(dir: &Path, seconds: f64) -> Result<()> {
+    let total = model_wall_time(dir).unwrap_or(0.0) + seconds;
+    write(&dir.join(WALL_TIME_FILE), &format!("{total:.1}\n"))
+}
+
+/// The seconds recorded for a model; `None` for one trained before the file existed.
+fn model_wall_time(dir: &Path) -> Option<f64> {
+    std::fs::read_to_string(dir.join(WALL_TIME_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The closing line of a study table: the summed wall time of its models and of this call.
+fn wall_time_line(dirs: &[PathBuf], started: Instant) -> String {
+    let recorded: Vec<f64> = dirs.iter().filter_map(|d| model_wall_time(d)).collect();
+    let this_call = started.elapsed().as_secs_f64() / 60.0;
+    if recorded.len() == dirs.len() {
+        let total: f64 = recorded.iter().sum::<f64>() / 60.0;
+        format!(
+            "\nWall time: {total:.1} min over all models, summed across resumed calls (this call: {this_call:.1} min)."
+        )
+    } else {
+        format!("\nWall time of this call: {this_call:.1} min (models already trained are not retrained).")
+    }
 }
 
 fn pct(v: &Value) -> String {
@@ -158,8 +193,10 @@ pub fn ablate(args: &[String]) -> Result<()> {
     let _ = writeln!(md, "Command: `cargo xtask ablate {}`\n", args.join(" "));
     let _ = writeln!(md, "| variant | zero accuracy | else accuracy | closed-set accuracy | AUROC max softmax (zeros) | AUROC max softmax (Fashion) | histograms |\n|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
+    let mut dirs = Vec::new();
     for (name, what, flags) in variants {
         let dir = study.root.join(name);
+        dirs.push(dir.clone());
         let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
         let m = run_model(&dir, &flags, &study, false)?;
         let e = &m["evaluation"];
@@ -179,11 +216,7 @@ pub fn ablate(args: &[String]) -> Result<()> {
         );
         rows.push(serde_json::json!({"variant": name, "description": what, "evaluation": e}));
     }
-    let _ = writeln!(
-        md,
-        "\nWall time: {:.1} min (models already trained are not retrained).",
-        started.elapsed().as_secs_f64() / 60.0
-    );
+    let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
     write(&study.root.join("ablation.md"), &md)?;
     write(
         &study.root.join("ablation.json"),
@@ -201,8 +234,10 @@ pub fn sweep(args: &[String]) -> Result<()> {
     let _ = writeln!(md, "Command: `cargo xtask sweep {}`\n", args.join(" "));
     let _ = writeln!(md, "| unknown digit | closed-set accuracy | AUROC MSP | best detector | its AUROC | zero accuracy (rule) | else accuracy (rule) |\n|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
+    let mut dirs = Vec::new();
     for digit in 0..=9u8 {
         let dir = study.root.join(format!("digit{digit}"));
+        dirs.push(dir.clone());
         let known: Vec<String> = (0..=9u8)
             .filter(|&d| d != digit)
             .map(|d| d.to_string())
@@ -254,11 +289,7 @@ pub fn sweep(args: &[String]) -> Result<()> {
         );
         rows.push(serde_json::json!({"unknown": digit, "auroc_msp": msp, "best_detector": best_name, "best_auroc": best_auroc, "evaluation": e}));
     }
-    let _ = writeln!(
-        md,
-        "\nWall time: {:.1} min (models already trained are not retrained).",
-        started.elapsed().as_secs_f64() / 60.0
-    );
+    let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
     write(&study.root.join("sweep.md"), &md)?;
     write(
         &study.root.join("sweep.json"),
