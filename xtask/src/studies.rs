@@ -76,7 +76,6 @@ fn trained(dir: &Path) -> bool {
 }
 
 /// Trains (or resumes), calibrates and evaluates one model; returns evaluate's metrics.json.
-/// Trains (or resumes), calibrates and evaluates one model; returns evaluate's metrics.json.
 fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool) -> Result<Value> {
     let d = dir.display().to_string();
     let ckpt = format!("{d}/checkpoint.safetensors");
