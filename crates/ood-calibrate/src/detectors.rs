@@ -188,6 +188,14 @@ impl<'a> Samples<'a> {
         check_finite_f32("logits", self.logits)
     }
 
+    /// Checks the logits as [`Self::need_logits`] does, then scores each row with `score_row`.
+    fn score_logit_rows(&self, score_row: impl Fn(&[f32]) -> f64) -> Result<Vec<f64>> {
+        self.need_logits()?;
+        Ok((0..self.len())
+            .map(|i| score_row(self.logits_row(i)))
+            .collect())
+    }
+
     /// Validates and checks that `features` are present (unless the batch is empty) and finite.
     fn need_features(&self) -> Result<()> {
         self.validate()?;
@@ -308,10 +316,7 @@ impl Detector for Msp {
     }
 
     fn score(&self, samples: &Samples<'_>) -> Result<Vec<f64>> {
-        samples.need_logits()?;
-        Ok((0..samples.len())
-            .map(|i| -max_softmax(samples.logits_row(i)))
-            .collect())
+        samples.score_logit_rows(|row| -max_softmax(row))
     }
 }
 
@@ -325,10 +330,7 @@ impl Detector for MaxLogit {
     }
 
     fn score(&self, samples: &Samples<'_>) -> Result<Vec<f64>> {
-        samples.need_logits()?;
-        Ok((0..samples.len())
-            .map(|i| -f64::from(max_f32(samples.logits_row(i))))
-            .collect())
+        samples.score_logit_rows(|row| -f64::from(max_f32(row)))
     }
 }
 
@@ -351,10 +353,17 @@ impl Default for Energy {
     }
 }
 
+/// `(m, Σ exp((x - m) / T))` with `m` the row's max: the stable pieces of a softmax at
+/// temperature `T` (the sum is at least 1, so finite input gives finite results).
+fn shifted_exp_sum(row: &[f32], t: f64) -> (f64, f64) {
+    let m = f64::from(max_f32(row));
+    let sum = row.iter().map(|&x| ((f64::from(x) - m) / t).exp()).sum();
+    (m, sum)
+}
+
 /// `T · logsumexp(row / T)`, stable (finite for finite input).
 fn scaled_logsumexp(row: &[f32], t: f64) -> f64 {
-    let m = f64::from(max_f32(row));
-    let sum: f64 = row.iter().map(|&x| ((f64::from(x) - m) / t).exp()).sum();
+    let (m, sum) = shifted_exp_sum(row, t);
     m + t * sum.ln()
 }
 
@@ -365,10 +374,7 @@ impl Detector for Energy {
 
     fn score(&self, samples: &Samples<'_>) -> Result<Vec<f64>> {
         check_temperature(self.temperature)?;
-        samples.need_logits()?;
-        Ok((0..samples.len())
-            .map(|i| -scaled_logsumexp(samples.logits_row(i), self.temperature))
-            .collect())
+        samples.score_logit_rows(|row| -scaled_logsumexp(row, self.temperature))
     }
 }
 
@@ -400,15 +406,8 @@ impl Detector for TemperatureMsp {
     fn score(&self, samples: &Samples<'_>) -> Result<Vec<f64>> {
         let t = self.temperature;
         check_temperature(t)?;
-        samples.need_logits()?;
-        Ok((0..samples.len())
-            .map(|i| {
-                let row = samples.logits_row(i);
-                let m = f64::from(max_f32(row));
-                let sum: f64 = row.iter().map(|&x| ((f64::from(x) - m) / t).exp()).sum();
-                -1.0 / sum
-            })
-            .collect())
+        // The largest probability is exp(0) / sum.
+        samples.score_logit_rows(|row| -1.0 / shifted_exp_sum(row, t).1)
     }
 }
 

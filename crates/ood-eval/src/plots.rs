@@ -285,15 +285,43 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
 }
 
+/// A chart with the figures' common frame: the title, a 15 px margin and room for the axis
+/// labels (the y area is wider for long tick labels).
+fn chart_frame<'a, 'b>(
+    root: &'a Area<'b>,
+    title: &str,
+    y_label_area: u32,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, font(TITLE_SIZE))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(y_label_area);
+    builder
+}
+
+/// The legend box every figure with series labels uses, at `position`.
+fn draw_legend<'a, 'b: 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
+) -> Drawn {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(font(LABEL_SIZE + 1))
+        .background_style(WHITE.mix(0.9))
+        .border_style(full_palette::GREY_400)
+        .margin(12)
+        .draw()?;
+    Ok(())
+}
+
 /// Draws ROC curves: one line per series, the chance diagonal, a dot at each chosen operating
 /// point, and a legend "label (AUROC 0.987)".
 pub fn roc_curves(path: &Path, title: &str, curves: &[RocSeries]) -> Result<(), PlotError> {
     render(path, CHART_SIZE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, font(TITLE_SIZE))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(65)
+        let mut chart = chart_frame(root, title, 65)
             .build_cartesian_2d(-0.005f64..1.005f64, -0.005f64..1.005f64)?;
         chart
             .configure_mesh()
@@ -337,15 +365,7 @@ pub fn roc_curves(path: &Path, title: &str, curves: &[RocSeries]) -> Result<(), 
                 ])?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(font(LABEL_SIZE + 1))
-            .background_style(WHITE.mix(0.9))
-            .border_style(full_palette::GREY_400)
-            .margin(12)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
     })
 }
 
@@ -402,12 +422,7 @@ pub fn score_histograms(
     let (x0, x1) = padded(lo, hi, 0.02);
 
     render(path, CHART_SIZE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, font(TITLE_SIZE))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(75)
-            .build_cartesian_2d(x0..x1, 0.0..top)?;
+        let mut chart = chart_frame(root, title, 75).build_cartesian_2d(x0..x1, 0.0..top)?;
         chart
             .configure_mesh()
             .x_desc(x_label)
@@ -463,14 +478,7 @@ pub fn score_histograms(
                 });
         }
         if !groups.is_empty() || threshold.is_some() {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font(font(LABEL_SIZE + 1))
-                .background_style(WHITE.mix(0.9))
-                .border_style(full_palette::GREY_400)
-                .margin(12)
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
         Ok(())
     })
@@ -561,12 +569,8 @@ pub fn values_by_label(
     };
 
     render(path, CHART_SIZE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, font(TITLE_SIZE))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(75)
-            .build_cartesian_2d(category_axis(labels.len()), y0..y1)?;
+        let mut chart =
+            chart_frame(root, title, 75).build_cartesian_2d(category_axis(labels.len()), y0..y1)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -644,11 +648,7 @@ pub fn label_counts(path: &Path, title: &str, counts: &[(String, usize)]) -> Res
     let top = ((max as f64 * 1.12).ceil() as u64).max(max as u64 + 1);
 
     render(path, CHART_SIZE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, font(TITLE_SIZE))
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(65)
+        let mut chart = chart_frame(root, title, 65)
             .build_cartesian_2d(category_axis(labels.len()), 0u64..top)?;
         chart
             .configure_mesh()

@@ -32,6 +32,43 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of a convolution of an `n x cin x h x w` input with `cout` square `k x k`
+    /// filters; the output size follows from stride and padding.
+    fn new(
+        (n, cin, h, w): (usize, usize, usize, usize),
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            k,
+            stride,
+            pad,
+            ho: out_size(h, k, stride, pad)?,
+            wo: out_size(w, k, stride, pad)?,
+        })
+    }
+
+    /// Fails unless the convolution's output is `ho x wo` (a gradient of another size was given).
+    fn expect_output(self, ho: usize, wo: usize, what: &str) -> Result<Self> {
+        if (self.ho, self.wo) != (ho, wo) {
+            candle_core::bail!(
+                "{what}: an input of {}x{} gives a {}x{} output, not {ho}x{wo}",
+                self.h,
+                self.w,
+                self.ho,
+                self.wo
+            );
+        }
+        Ok(self)
+    }
+
     fn col_rows(&self) -> usize {
         self.cin * self.k * self.k
     }
@@ -328,6 +365,24 @@ fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> Result<usize> {
     Ok((size + 2 * pad - k) / stride + 1)
 }
 
+/// The gradient of the weight `w` of a convolution `input -> output`, given the output's gradient.
+fn filter_gradient(
+    input: &Tensor,
+    out_grad: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    input.apply_op2_no_bwd(
+        out_grad,
+        &ConvBackwardFilter {
+            stride,
+            pad,
+            k: w.dim(2)?,
+        },
+    )
+}
+
 /// `(x, w) -> conv2d(x, w)`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvForward {
@@ -373,18 +428,7 @@ impl CustomOp2 for ConvForward {
                 l2.dims()
             );
         }
-        let g = Geometry {
-            n,
-            cin,
-            h,
-            w,
-            cout,
-            k,
-            stride: self.stride,
-            pad: self.pad,
-            ho: out_size(h, k, self.stride, self.pad)?,
-            wo: out_size(w, k, self.stride, self.pad)?,
-        };
+        let g = Geometry::new((n, cin, h, w), cout, k, self.stride, self.pad)?;
         let y = conv_forward(
             contiguous(s1, l1, "conv2d input")?,
             contiguous(s2, l2, "conv2d weight")?,
@@ -411,14 +455,7 @@ impl CustomOp2 for ConvForward {
                 w: wd,
             },
         )?;
-        let dw = x.apply_op2_no_bwd(
-            &dy,
-            &ConvBackwardFilter {
-                stride: self.stride,
-                pad: self.pad,
-                k: w.dim(2)?,
-            },
-        )?;
+        let dw = filter_gradient(x, &dy, w, self.stride, self.pad)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -444,27 +481,8 @@ impl CustomOp2 for ConvBackwardData {
                 l2.dims()
             );
         }
-        let g = Geometry {
-            n,
-            cin,
-            h: self.h,
-            w: self.w,
-            cout,
-            k,
-            stride: self.stride,
-            pad: self.pad,
-            ho,
-            wo,
-        };
-        if out_size(self.h, k, self.stride, self.pad)? != ho
-            || out_size(self.w, k, self.stride, self.pad)? != wo
-        {
-            candle_core::bail!(
-                "conv backward: an input of {}x{} does not give a {ho}x{wo} output",
-                self.h,
-                self.w
-            );
-        }
+        let g = Geometry::new((n, cin, self.h, self.w), cout, k, self.stride, self.pad)?
+            .expect_output(ho, wo, "conv backward")?;
         let dx = conv_backward_data(
             contiguous(s1, l1, "output gradient")?,
             contiguous(s2, l2, "conv weight")?,
@@ -490,14 +508,7 @@ impl CustomOp2 for ConvBackwardData {
                 pad: self.pad,
             },
         )?;
-        let dw = dy.apply_op2_no_bwd(
-            x,
-            &ConvBackwardFilter {
-                stride: self.stride,
-                pad: self.pad,
-                k: w.dim(2)?,
-            },
-        )?;
+        let dw = filter_gradient(&dy, x, w, self.stride, self.pad)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -519,18 +530,11 @@ impl CustomOp2 for ConvBackwardFilter {
         if n != n2 {
             candle_core::bail!("conv filter gradient: batch {n} vs {n2}");
         }
-        let g = Geometry {
-            n,
-            cin,
-            h,
-            w,
-            cout,
-            k: self.k,
-            stride: self.stride,
-            pad: self.pad,
+        let g = Geometry::new((n, cin, h, w), cout, self.k, self.stride, self.pad)?.expect_output(
             ho,
             wo,
-        };
+            "conv filter gradient",
+        )?;
         let dw = conv_backward_filter(
             contiguous(s1, l1, "conv input")?,
             contiguous(s2, l2, "output gradient")?,
@@ -796,6 +800,40 @@ mod tests {
                 &mut rng,
             );
         }
+    }
+
+    #[test]
+    fn gradients_of_the_wrong_size_are_refused() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let x = random(&[2, 3, 8, 8], &mut rng);
+        let w = random(&[4, 3, 3, 3], &mut rng);
+        // Stride 1, padding 1 keeps 8x8; a 7x7 output gradient cannot belong to this convolution.
+        let dy = random(&[2, 4, 7, 7], &mut rng);
+        let filter = ConvBackwardFilter {
+            stride: 1,
+            pad: 1,
+            k: 3,
+        };
+        let err = x.apply_op2_no_bwd(&dy, &filter).unwrap_err().to_string();
+        assert!(err.contains("gives a 8x8 output, not 7x7"), "{err}");
+        let data = ConvBackwardData {
+            stride: 1,
+            pad: 1,
+            h: 8,
+            w: 8,
+        };
+        let err = dy.apply_op2_no_bwd(&w, &data).unwrap_err().to_string();
+        assert!(err.contains("gives a 8x8 output, not 7x7"), "{err}");
+        // The right size passes.
+        let dy = random(&[2, 4, 8, 8], &mut rng);
+        assert_eq!(
+            x.apply_op2_no_bwd(&dy, &filter).unwrap().dims(),
+            &[4, 3, 3, 3]
+        );
+        assert_eq!(
+            dy.apply_op2_no_bwd(&w, &data).unwrap().dims(),
+            &[2, 3, 8, 8]
+        );
     }
 
     #[test]
