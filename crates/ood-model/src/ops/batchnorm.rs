@@ -838,6 +838,27 @@ mod tests {
         }
     }
 
+    impl Pair {
+        /// candle-nn's BatchNorm (then a ReLU when `relu`) on `x`, with the loss `sum(y * r)`.
+        fn reference(&self, x: &Tensor, r: Option<&Tensor>, train: bool, relu: bool) -> Run {
+            let f = |x: &Tensor| {
+                let y = self.bn_ref.forward_t(x, train).unwrap();
+                if relu {
+                    y.relu().unwrap()
+                } else {
+                    y
+                }
+            };
+            run(f, x, r, &self.vm_ref)
+        }
+
+        /// Ours, through `forward_with(x, train, relu, fast)`.
+        fn ours(&self, x: &Tensor, r: Option<&Tensor>, train: bool, relu: bool, fast: bool) -> Run {
+            let f = |x: &Tensor| self.bn.forward_with(x, train, relu, fast).unwrap();
+            run(f, x, r, &self.vm)
+        }
+    }
+
     fn assert_runs_close(what: &str, got: &Run, want: &Run) {
         assert_close(&format!("{what}: output"), &got.y, &want.y);
         assert_close(&format!("{what}: dx"), &got.dx, &want.dx);
@@ -873,18 +894,8 @@ mod tests {
             let p = pair(&mut rng, dims[1]);
             let x = input(&mut rng, dims);
             let r = randn(&mut rng, dims, 0.0, 1.0);
-            let want = run(
-                |x| p.bn_ref.forward_t(x, true).unwrap(),
-                &x,
-                Some(&r),
-                &p.vm_ref,
-            );
-            let got = run(
-                |x| p.bn.forward_with(x, true, false, true).unwrap(),
-                &x,
-                Some(&r),
-                &p.vm,
-            );
+            let want = p.reference(&x, Some(&r), true, false);
+            let got = p.ours(&x, Some(&r), true, false, true);
             assert_runs_close(&what, &got, &want);
             assert_stats_close(&what, &p);
             // The output really is normalised per channel.
@@ -925,18 +936,8 @@ mod tests {
             }
             let x = input(&mut rng, dims);
             let r = randn(&mut rng, dims, 0.0, 1.0);
-            let want = run(
-                |x| p.bn_ref.forward_t(x, false).unwrap(),
-                &x,
-                Some(&r),
-                &p.vm_ref,
-            );
-            let got = run(
-                |x| p.bn.forward_with(x, false, false, true).unwrap(),
-                &x,
-                Some(&r),
-                &p.vm,
-            );
+            let want = p.reference(&x, Some(&r), false, false);
+            let got = p.ours(&x, Some(&r), false, false, true);
             assert_runs_close(&format!("eval {dims:?}"), &got, &want);
             // Evaluation leaves the running statistics alone.
             assert_stats_close(&format!("after eval {dims:?}"), &p);
@@ -953,18 +954,8 @@ mod tests {
                 let r = randn(&mut rng, dims, 0.0, 1.0);
                 for loss in [Some(&r), None] {
                     let what = format!("relu train={train} {dims:?} weighted={}", loss.is_some());
-                    let want = run(
-                        |x| p.bn_ref.forward_t(x, train).unwrap().relu().unwrap(),
-                        &x,
-                        loss,
-                        &p.vm_ref,
-                    );
-                    let got = run(
-                        |x| p.bn.forward_with(x, train, true, true).unwrap(),
-                        &x,
-                        loss,
-                        &p.vm,
-                    );
+                    let want = p.reference(&x, loss, train, true);
+                    let got = p.ours(&x, loss, train, true, true);
                     assert_runs_close(&what, &got, &want);
                     let unfused = run(
                         |x| {
@@ -1017,18 +1008,8 @@ mod tests {
         let p = pair(&mut rng, 4);
         let x = input(&mut rng, &[6, 4, 3, 3]);
         let r = randn(&mut rng, &[6, 4, 3, 3], 0.0, 1.0);
-        let want = run(
-            |x| p.bn_ref.forward_t(x, true).unwrap(),
-            &x,
-            Some(&r),
-            &p.vm_ref,
-        );
-        let got = run(
-            |x| p.bn.forward_with(x, true, false, false).unwrap(),
-            &x,
-            Some(&r),
-            &p.vm,
-        );
+        let want = p.reference(&x, Some(&r), true, false);
+        let got = p.ours(&x, Some(&r), true, false, false);
         assert_runs_close("stock", &got, &want);
         assert_stats_close("stock", &p);
         // The public entry points agree with both paths whichever kernels are selected.
