@@ -7,6 +7,25 @@ use ood_model::Checkpoint;
 use ood_train::{train, Outcome, TrainConfig, CHECKPOINT_FILE};
 use std::sync::atomic::AtomicBool;
 
+/// Trains into `dir` (resuming when `resume`); `interrupt` stops after the first batch, as
+/// Ctrl-C would.
+fn run(
+    config: &TrainConfig,
+    splits: &Splits,
+    dir: &std::path::Path,
+    resume: bool,
+    interrupt: bool,
+) -> ood_train::Result<ood_train::TrainSummary> {
+    train(
+        config,
+        splits,
+        &Device::Cpu,
+        dir,
+        resume,
+        &AtomicBool::new(interrupt),
+    )
+}
+
 fn setup(limit: usize, epochs: usize) -> Option<(TrainConfig, Splits)> {
     let (tr, te) = mnist()?;
     let mut config = TrainConfig::new("tiny", &ClassSpec::default()).unwrap();
@@ -30,15 +49,7 @@ fn loss_falls_and_accuracy_rises() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let summary = train(
-        &config,
-        &splits,
-        &Device::Cpu,
-        dir.path(),
-        false,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let summary = run(&config, &splits, dir.path(), false, false).unwrap();
     assert_eq!(summary.outcome, Outcome::Finished);
     let h = &summary.history;
     assert_eq!(h.len(), 4);
@@ -67,18 +78,7 @@ fn loss_falls_and_accuracy_rises() {
 
 fn tensors(path: &std::path::Path) -> Vec<(String, Vec<f32>)> {
     let ck = Checkpoint::load(path, &Device::Cpu).unwrap();
-    let mut v: Vec<_> = ck
-        .tensors
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            )
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    ood_model::named_values(&ck.tensors).unwrap()
 }
 
 #[test]
@@ -87,39 +87,15 @@ fn resumed_run_equals_uninterrupted_run() {
         return;
     };
     let straight = tempfile::tempdir().unwrap();
-    train(
-        &config,
-        &splits,
-        &Device::Cpu,
-        straight.path(),
-        false,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    run(&config, &splits, straight.path(), false, false).unwrap();
 
     // Interrupted after the first batch of the first epoch, then resumed to the end.
     let resumed = tempfile::tempdir().unwrap();
-    let s = train(
-        &config,
-        &splits,
-        &Device::Cpu,
-        resumed.path(),
-        false,
-        &AtomicBool::new(true),
-    )
-    .unwrap();
+    let s = run(&config, &splits, resumed.path(), false, true).unwrap();
     assert_eq!(s.outcome, Outcome::Interrupted);
     let meta = Checkpoint::read_meta(resumed.path().join(CHECKPOINT_FILE)).unwrap();
     assert_eq!((meta.epoch, meta.batch_in_epoch), (0, 1));
-    let s = train(
-        &config,
-        &splits,
-        &Device::Cpu,
-        resumed.path(),
-        true,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let s = run(&config, &splits, resumed.path(), true, false).unwrap();
     assert_eq!(s.outcome, Outcome::Finished);
 
     let a = tensors(&straight.path().join(CHECKPOINT_FILE));
@@ -133,15 +109,7 @@ fn resumed_run_equals_uninterrupted_run() {
     // Resuming with other arguments is refused.
     let mut other = config.clone();
     other.learning_rate *= 2.0;
-    let err = train(
-        &other,
-        &splits,
-        &Device::Cpu,
-        resumed.path(),
-        true,
-        &AtomicBool::new(false),
-    )
-    .unwrap_err();
+    let err = run(&other, &splits, resumed.path(), true, false).unwrap_err();
     assert!(err.to_string().contains("other arguments"), "{err}");
 }
 
@@ -152,28 +120,12 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     };
     let dir = tempfile::tempdir().unwrap();
     config.epochs = 1;
-    train(
-        &config,
-        &splits,
-        &Device::Cpu,
-        dir.path(),
-        false,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    run(&config, &splits, dir.path(), false, false).unwrap();
     let good = std::fs::read(dir.path().join(CHECKPOINT_FILE)).unwrap();
     // A learning rate of infinity blows the weights up on the first step of the next run.
     config.epochs = 2;
     config.learning_rate = f64::INFINITY;
-    let err = train(
-        &config,
-        &splits,
-        &Device::Cpu,
-        dir.path(),
-        false,
-        &AtomicBool::new(false),
-    )
-    .unwrap_err();
+    let err = run(&config, &splits, dir.path(), false, false).unwrap_err();
     assert!(err.to_string().contains("NaN or infinite"), "{err}");
     assert_eq!(
         std::fs::read(dir.path().join(CHECKPOINT_FILE)).unwrap(),

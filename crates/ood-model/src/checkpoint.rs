@@ -215,3 +215,20 @@ pub fn file_sha256(path: impl AsRef<Path>) -> Result<String> {
     let digest = sha2::Sha256::digest(read_file(path)?);
     Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
+
+/// Named tensors as `(name, flattened f32 values)`, sorted by name: the plain form in which two
+/// models or checkpoints are compared value for value (`varmap.data()` or
+/// [`Checkpoint::tensors`]).
+pub fn named_values<'a>(
+    tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>,
+) -> Result<Vec<(String, Vec<f32>)>> {
+    let mut values = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let v = t.flatten_all()?.to_dtype(candle_core::DType::F32)?;
+            Ok((name.clone(), v.to_vec1::<f32>()?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    values.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(values)
+}

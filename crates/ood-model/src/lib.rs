@@ -28,7 +28,7 @@ pub mod init;
 pub mod net;
 pub mod ops;
 
-pub use checkpoint::{save_checkpoint, Checkpoint, CheckpointMeta};
+pub use checkpoint::{named_values, save_checkpoint, Checkpoint, CheckpointMeta};
 pub use config::{preset, ModelConfig, Preset, PRESETS};
 pub use device::{configure_threads, tune_allocator, DeviceChoice};
 pub use net::{OodNet, Outputs};

@@ -23,17 +23,7 @@ fn meta(config: &ModelConfig) -> CheckpointMeta {
 
 fn all_values(varmap: &candle_nn::VarMap) -> Vec<(String, Vec<f32>)> {
     let vars = varmap.data().lock().unwrap();
-    let mut v: Vec<_> = vars
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            )
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    ood_model::named_values(vars.iter().map(|(n, v)| (n, v.as_tensor()))).unwrap()
 }
 
 #[test]
