@@ -7,7 +7,7 @@
 //! each iteration. candle's slowest ops take longer than the 2-second measurement window;
 //! criterion says so ("Unable to complete 10 samples") and measures the ten samples anyway.
 
-use candle_core::{DType, Device, ModuleT, Result, Tensor, Var};
+use candle_core::{Device, ModuleT, Result, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use ood_model::ops::batchnorm::BatchNorm;
 use ood_model::ops::conv::{ConvBackwardData, ConvForward};
@@ -126,20 +126,7 @@ fn batch_norm(c: &mut Criterion) {
         );
         let x = Var::from_tensor(&random(&[BATCH, channels, side, side], 1.0, &mut rng)).unwrap();
         let dy = random(&[BATCH, channels, side, side], 1.0, &mut rng);
-        let ones = Tensor::ones(channels, DType::F32, &Device::Cpu).unwrap();
-        let zeros = Tensor::zeros(channels, DType::F32, &Device::Cpu).unwrap();
-        let gamma = Var::from_tensor(&ones).unwrap();
-        let beta = Var::from_tensor(&zeros).unwrap();
-        let layer = BatchNorm::new(
-            channels,
-            zeros.clone(),
-            ones.clone(),
-            gamma.as_tensor().clone(),
-            beta.as_tensor().clone(),
-            1e-5,
-            0.1,
-        )
-        .unwrap();
+        let layer = BatchNorm::fresh(channels).unwrap();
         for (name, kernels) in [("fast", Kernels::Fast), ("candle", Kernels::Candle)] {
             set_kernels(kernels);
             g.bench_function(format!("{name}_fwd"), |b| {

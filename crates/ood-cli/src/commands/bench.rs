@@ -8,7 +8,7 @@
 //! is the forward of both heads with both outputs pulled back to the host.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_core::{Device, ModuleT, Tensor, Var};
 use ood_model::ops::conv::{ConvBackwardData, ConvBackwardFilter, ConvForward};
 use ood_model::ops::{self, Kernels};
 use ood_model::ModelConfig;
@@ -723,6 +723,19 @@ fn call<T>(result: candle_core::Result<T>) -> Result<()> {
     Ok(())
 }
 
+/// One pass of a layer, as [`pass_times`] times it.
+type Pass<'a> = &'a dyn Fn() -> candle_core::Result<Tensor>;
+
+/// The median milliseconds of each of a layer's three passes: forward, input gradient and
+/// weight gradient.
+fn pass_times(steps: usize, passes: [Pass<'_>; 3]) -> Result<[f64; 3]> {
+    let mut ms = [0.0; 3];
+    for (t, pass) in ms.iter_mut().zip(passes) {
+        *t = timed(1, steps, || call(pass()))?.0 * 1e3;
+    }
+    Ok(ms)
+}
+
 fn random_tensor(shape: &[usize], scale: f32, rng: &mut impl Rng) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n)
@@ -778,27 +791,25 @@ fn measure_ops(w: usize, batch: usize, steps: usize) -> Result<Vec<OpRow>> {
                 pad: p,
                 k,
             };
-            let fast = [
-                ms(timed(1, steps, || call(x.apply_op2_no_bwd(&wt, &fwd)))?),
-                ms(timed(1, steps, || {
-                    call(dy.apply_op2_no_bwd(&wt, &dgrad_op))
-                })?),
-                ms(timed(1, steps, || {
-                    call(x.apply_op2_no_bwd(&dy, &wgrad_op))
-                })?),
-            ];
+            let fast = pass_times(
+                steps,
+                [
+                    &|| x.apply_op2_no_bwd(&wt, &fwd),
+                    &|| dy.apply_op2_no_bwd(&wt, &dgrad_op),
+                    &|| x.apply_op2_no_bwd(&dy, &wgrad_op),
+                ],
+            )?;
             // candle's input gradient: a transposed convolution, padded out to the input size.
             let out_size = (y.dim(2)? - 1) * s + k - 2 * p;
             let out_padding = c.side - out_size;
-            let stock = [
-                ms(timed(1, steps, || call(x.conv2d(&wt, p, s, 1, 1)))?),
-                ms(timed(1, steps, || {
-                    call(dy.conv_transpose2d(&wt, p, out_padding, s, 1))
-                })?),
-                ms(timed(1, steps, || {
-                    call(candle_weight_grad(&x, &dy, p, s, k))
-                })?),
-            ];
+            let stock = pass_times(
+                steps,
+                [
+                    &|| x.conv2d(&wt, p, s, 1, 1),
+                    &|| dy.conv_transpose2d(&wt, p, out_padding, s, 1),
+                    &|| candle_weight_grad(&x, &dy, p, s, k),
+                ],
+            )?;
             (fast, stock)
         } else {
             // Weight laid out (in, out, k, k); output side 2 * side.
@@ -818,24 +829,22 @@ fn measure_ops(w: usize, batch: usize, steps: usize) -> Result<Vec<OpRow>> {
                 pad: p,
                 k,
             };
-            let fast = [
-                ms(timed(1, steps, || call(x.apply_op2_no_bwd(&wt, &fwd)))?),
-                ms(timed(1, steps, || {
-                    call(dy.apply_op2_no_bwd(&wt, &dgrad_op))
-                })?),
-                ms(timed(1, steps, || {
-                    call(dy.apply_op2_no_bwd(&x, &wgrad_op))
-                })?),
-            ];
-            let stock = [
-                ms(timed(1, steps, || {
-                    call(x.conv_transpose2d(&wt, p, 0, s, 1))
-                })?),
-                ms(timed(1, steps, || call(dy.conv2d(&wt, p, s, 1, 1)))?),
-                ms(timed(1, steps, || {
-                    call(candle_weight_grad(&dy, &x, p, s, k))
-                })?),
-            ];
+            let fast = pass_times(
+                steps,
+                [
+                    &|| x.apply_op2_no_bwd(&wt, &fwd),
+                    &|| dy.apply_op2_no_bwd(&wt, &dgrad_op),
+                    &|| dy.apply_op2_no_bwd(&x, &wgrad_op),
+                ],
+            )?;
+            let stock = pass_times(
+                steps,
+                [
+                    &|| x.conv_transpose2d(&wt, p, 0, s, 1),
+                    &|| dy.conv2d(&wt, p, s, 1, 1),
+                    &|| candle_weight_grad(&dy, &x, p, s, k),
+                ],
+            )?;
             (fast, stock)
         };
         eprintln!(
@@ -868,19 +877,7 @@ fn measure_ops(w: usize, batch: usize, steps: usize) -> Result<Vec<OpRow>> {
             &mut rng,
         )?)?;
         let g = random_tensor(&[batch, channels, side, side], 1.0, &mut rng)?;
-        let ones = Tensor::ones(channels, DType::F32, &Device::Cpu)?;
-        let zeros = Tensor::zeros(channels, DType::F32, &Device::Cpu)?;
-        let gamma = Var::from_tensor(&ones)?;
-        let beta = Var::from_tensor(&zeros)?;
-        let layer = ops::batchnorm::BatchNorm::new(
-            channels,
-            zeros.clone(),
-            ones.clone(),
-            gamma.as_tensor().clone(),
-            beta.as_tensor().clone(),
-            1e-5,
-            0.1,
-        )?;
+        let layer = ops::batchnorm::BatchNorm::fresh(channels)?;
         let mut times = Vec::new();
         for kernels in [Kernels::Fast, Kernels::Candle] {
             ops::set_kernels(kernels);

@@ -24,7 +24,8 @@ use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{
-    bail, CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Storage, Tensor, Var,
+    bail, CpuStorage, CustomOp3, DType, Device, Layout, ModuleT, Result, Shape, Storage, Tensor,
+    Var,
 };
 use rayon::prelude::*;
 
@@ -72,6 +73,24 @@ pub fn batch_norm(num_features: usize, vb: candle_nn::VarBuilder) -> Result<Batc
 }
 
 impl BatchNorm {
+    /// A freshly initialised layer of `channels` on the CPU, as candle-nn makes one: scale 1 and
+    /// shift 0 as trainable variables, running mean 0 and variance 1, `eps` 1e-5, momentum 0.1.
+    /// For benchmarks and tests; models build theirs from a `VarBuilder`.
+    pub fn fresh(channels: usize) -> Result<Self> {
+        let dev = Device::Cpu;
+        let ones = Tensor::ones(channels, DType::F32, &dev)?;
+        let zeros = Tensor::zeros(channels, DType::F32, &dev)?;
+        Self::new(
+            channels,
+            zeros.clone(),
+            ones.clone(),
+            Var::from_tensor(&ones)?.as_tensor().clone(),
+            Var::from_tensor(&zeros)?.as_tensor().clone(),
+            1e-5,
+            0.1,
+        )
+    }
+
     /// A layer over the given tensors. Running statistics that are variables (as those from a
     /// `VarMap` are) are updated in place, so the update shows wherever they are shared; others
     /// are copied into new variables first, as candle-nn does.
