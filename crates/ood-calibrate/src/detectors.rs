@@ -301,6 +301,13 @@ pub fn standard_detectors() -> Vec<Box<dyn Detector>> {
     ]
 }
 
+/// The state a detector learnt in `fit`, or [`CalibrateError::NotFitted`] naming it.
+fn fitted<'a, T>(state: &'a Option<T>, detector: &dyn Detector) -> Result<&'a T> {
+    state.as_ref().ok_or_else(|| CalibrateError::NotFitted {
+        detector: detector.name(),
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Logit-based detectors
 // ---------------------------------------------------------------------------------------------
@@ -690,12 +697,7 @@ impl Detector for Mahalanobis {
     }
 
     fn score(&self, samples: &Samples<'_>) -> Result<Vec<f64>> {
-        let fit = self
-            .fitted
-            .as_ref()
-            .ok_or_else(|| CalibrateError::NotFitted {
-                detector: self.name(),
-            })?;
+        let fit = fitted(&self.fitted, self)?;
         samples.need_features()?;
         if samples.is_empty() {
             return Ok(Vec::new());
@@ -999,12 +1001,7 @@ impl Detector for Knn {
     }
 
     fn score(&self, samples: &Samples<'_>) -> Result<Vec<f64>> {
-        let bank = self
-            .bank
-            .as_ref()
-            .ok_or_else(|| CalibrateError::NotFitted {
-                detector: self.name(),
-            })?;
+        let bank = fitted(&self.bank, self)?;
         samples.need_features()?;
         let nq = samples.len();
         if nq == 0 {
@@ -1334,12 +1331,7 @@ impl Detector for Fused {
     }
 
     fn score(&self, samples: &Samples<'_>) -> Result<Vec<f64>> {
-        let model = self
-            .model
-            .as_ref()
-            .ok_or_else(|| CalibrateError::NotFitted {
-                detector: self.name(),
-            })?;
+        let model = fitted(&self.model, self)?;
         samples.validate()?;
         let base = self.base_scores(samples)?;
         let mut row = vec![0.0; base.len()];
