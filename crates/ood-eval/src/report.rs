@@ -289,28 +289,29 @@ pub fn summary_table(evaluation: &Evaluation) -> String {
     let mut s = String::new();
     let u = format!("{:?}", e.unknown_classes);
     let _ = writeln!(s, "| metric | value |\n|---|---|");
-    let _ = writeln!(
-        s,
-        "| unknown {u} flagged OOD (\"zero accuracy\") | {} |",
-        pct(e.unknown_detection)
-    );
-    let _ = writeln!(
-        s,
-        "| known accepted and correct (\"else accuracy\") | {} |",
-        pct(e.known_accuracy)
-    );
-    let _ = writeln!(s, "| known rejected as OOD | {} |", pct(e.known_rejected));
-    let _ = writeln!(
-        s,
-        "| closed-set accuracy (known) | {} |",
-        pct(e.closed_set_accuracy)
-    );
-    let _ = writeln!(
-        s,
-        "| open-set accuracy (all test digits) | {} |",
-        pct(e.open_set_accuracy)
-    );
-    let _ = writeln!(s, "| OSCR (max softmax) | {:.4} |", e.oscr);
+    let rows = [
+        (
+            format!("unknown {u} flagged OOD (\"zero accuracy\")"),
+            pct(e.unknown_detection),
+        ),
+        (
+            "known accepted and correct (\"else accuracy\")".into(),
+            pct(e.known_accuracy),
+        ),
+        ("known rejected as OOD".into(), pct(e.known_rejected)),
+        (
+            "closed-set accuracy (known)".into(),
+            pct(e.closed_set_accuracy),
+        ),
+        (
+            "open-set accuracy (all test digits)".into(),
+            pct(e.open_set_accuracy),
+        ),
+        ("OSCR (max softmax)".into(), format!("{:.4}", e.oscr)),
+    ];
+    for (metric, value) in rows {
+        let _ = writeln!(s, "| {metric} | {value} |");
+    }
     let _ = writeln!(s, "\n| OOD set | score | AUROC | FPR@95%TPR | AUPR-in | AUPR-out | flagged by rule |\n|---|---|---|---|---|---|---|");
     for m in std::iter::once(&e.near).chain(&e.far) {
         for (score, o) in [
