@@ -18,7 +18,8 @@ tasks:
   evaluate [ARGS]   evaluate it on the test set into runs/default/report
   bench-ood [ARGS]  every OOD detector on near/far/synthetic OOD sets (runs/default/bench-ood)
   ablate [ARGS]     the ablations (k, std loss, decoder) into runs/ablate (ARGS go to every
-                    `ood train`, e.g. --epochs 2; --root DIR moves the study)
+                    `ood train`, e.g. --epochs 2 --seed 1; --root DIR moves the study;
+                    --variants k0,k1 runs only those: k0 k1 k5 std-off std-literal no-decoder)
   sweep [ARGS]      ten models, each with one digit unknown, into runs/sweep (resumable)
   demo              train, calibrate and evaluate the default model, end to end
   inspect [CKPT]    describe a checkpoint (default runs/default/checkpoint.safetensors)

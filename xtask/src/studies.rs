@@ -3,7 +3,7 @@
 //! interrupted study resumes where it stopped.
 
 use crate::ood;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,8 @@ pub struct StudyArgs {
     pub train_flags: Vec<String>,
     pub data_flags: Vec<String>,
     pub root: PathBuf,
+    /// `--variants a,b`: run only these models of the study (all when empty).
+    pub only: Vec<String>,
 }
 
 impl StudyArgs {
@@ -23,6 +25,7 @@ impl StudyArgs {
             train_flags: Vec::new(),
             data_flags: Vec::new(),
             root: PathBuf::from(default_root),
+            only: Vec::new(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -32,6 +35,10 @@ impl StudyArgs {
                     it.next().context("--data-dir needs a value")?.clone(),
                 ]),
                 "--root" => out.root = PathBuf::from(it.next().context("--root needs a value")?),
+                "--variants" => {
+                    let list = it.next().context("--variants needs a value")?;
+                    out.only = list.split(',').map(|v| v.trim().to_string()).collect();
+                }
                 _ => out.train_flags.push(a.clone()),
             }
         }
@@ -187,6 +194,17 @@ pub fn ablate(args: &[String]) -> Result<()> {
             &["--no-decoder"],
         ),
     ];
+    if let Some(unknown) = study
+        .only
+        .iter()
+        .find(|v| !variants.iter().any(|(name, _, _)| name == v))
+    {
+        let names: Vec<&str> = variants.iter().map(|(name, _, _)| *name).collect();
+        bail!(
+            "--variants: no variant `{unknown}` (there are {})",
+            names.join(", ")
+        );
+    }
     let started = Instant::now();
     let mut md = String::new();
     let _ = writeln!(md, "Command: `cargo xtask ablate {}`\n", args.join(" "));
@@ -194,6 +212,9 @@ pub fn ablate(args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     let mut dirs = Vec::new();
     for (name, what, flags) in variants {
+        if !study.only.is_empty() && !study.only.iter().any(|v| v == name) {
+            continue;
+        }
         let dir = study.root.join(name);
         dirs.push(dir.clone());
         let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
