@@ -87,7 +87,9 @@ fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool)
     let d = dir.display().to_string();
     let ckpt = format!("{d}/checkpoint.safetensors");
     let started = Instant::now();
+    let mut ran = false;
     if !trained(dir) {
+        ran = true;
         let mut a = vec!["train".to_string(), "--out".into(), d.clone()];
         if dir.join("checkpoint.safetensors").exists() {
             a.push("--resume".into());
@@ -98,6 +100,7 @@ fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool)
         ood(&[], &a)?;
     }
     if !dir.join("report/metrics.json").exists() {
+        ran = true;
         let mut a = vec!["calibrate".to_string(), ckpt.clone()];
         a.extend(study.data_flags.iter().cloned());
         ood(&[], &a)?;
@@ -111,6 +114,7 @@ fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool)
         ood(&[], &a)?;
     }
     if bench && !dir.join("bench/bench-ood.json").exists() {
+        ran = true;
         let mut a = vec![
             "bench-ood".to_string(),
             ckpt,
@@ -122,7 +126,9 @@ fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool)
         a.extend(study.data_flags.iter().cloned());
         ood(&[], &a)?;
     }
-    add_wall_time(dir, started.elapsed().as_secs_f64())?;
+    if ran {
+        add_wall_time(dir, started.elapsed().as_secs_f64())?;
+    }
     read_json(&dir.join("report/metrics.json"))
 }
 
@@ -252,9 +258,11 @@ pub fn sweep(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let mut md = String::new();
     let _ = writeln!(md, "Command: `cargo xtask sweep {}`\n", args.join(" "));
-    let _ = writeln!(md, "| unknown digit | closed-set accuracy | AUROC MSP | best detector | its AUROC | zero accuracy (rule) | else accuracy (rule) |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| unknown digit | closed-set accuracy | AUROC MSP | AUROC Energy | AUROC Fused | best detector | its AUROC | unknown flagged (rule) | known accepted and correct (rule) |\n|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut dirs = Vec::new();
+    // Per column, the values of every digit, for the mean row.
+    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); 7];
     for digit in 0..=9u8 {
         let dir = study.root.join(format!("digit{digit}"));
         dirs.push(dir.clone());
@@ -277,11 +285,19 @@ pub fn sweep(args: &[String]) -> Result<()> {
             .flatten()
             .filter(|r| r["ood_set"] == near.as_str())
             .collect();
-        let msp = near_rows
-            .iter()
-            .find(|r| r["detector"] == "MSP")
-            .map(|r| r["auroc"].clone())
-            .unwrap_or(Value::Null);
+        // Detector names carry their parameters: "Energy(T=1)", "Fused(MSP+...)".
+        let auroc_of = |prefix: &str| {
+            near_rows
+                .iter()
+                .find(|r| {
+                    let name = r["detector"].as_str().unwrap_or_default();
+                    name == prefix || name.starts_with(&format!("{prefix}("))
+                })
+                .map(|r| r["auroc"].clone())
+                .unwrap_or(Value::Null)
+        };
+        let (msp, energy, fused) = (auroc_of("MSP"), auroc_of("Energy"), auroc_of("Fused"));
+        // The combined rule's score is binary, so its AUROC is not comparable.
         let best = near_rows
             .iter()
             .filter(|r| r["detector"] != "Combined")
@@ -292,23 +308,56 @@ pub fn sweep(args: &[String]) -> Result<()> {
                     .total_cmp(&b["auroc"].as_f64().unwrap_or(0.0))
             });
         let (best_name, best_auroc) = best.map_or(("-".to_string(), Value::Null), |r| {
-            (
-                r["detector"].as_str().unwrap_or("-").to_string(),
-                r["auroc"].clone(),
-            )
+            let name = r["detector"].as_str().unwrap_or("-");
+            // The fused score's name lists its inputs; the Fused column says which it is.
+            let name = if name.starts_with("Fused(") {
+                "Fused"
+            } else {
+                name
+            };
+            (name.to_string(), r["auroc"].clone())
         });
         let e = &m["evaluation"];
+        let values = [
+            &b["closed_set_accuracy"],
+            &msp,
+            &energy,
+            &fused,
+            &best_auroc,
+            &e["unknown_detection"],
+            &e["known_accuracy"],
+        ];
+        for (column, v) in columns.iter_mut().zip(values) {
+            column.extend(v.as_f64());
+        }
         let _ = writeln!(
             md,
-            "| {digit} | {} | {} | {best_name} | {} | {} | {} |",
-            pct(&b["closed_set_accuracy"]),
+            "| {digit} | {} | {} | {} | {} | {best_name} | {} | {} | {} |",
+            pct(values[0]),
             num(&msp),
+            num(&energy),
+            num(&fused),
             num(&best_auroc),
-            pct(&e["unknown_detection"]),
-            pct(&e["known_accuracy"])
+            pct(values[5]),
+            pct(values[6])
         );
-        rows.push(serde_json::json!({"unknown": digit, "auroc_msp": msp, "best_detector": best_name, "best_auroc": best_auroc, "evaluation": e}));
+        rows.push(serde_json::json!({"unknown": digit, "closed_set_accuracy": b["closed_set_accuracy"], "auroc_msp": msp, "auroc_energy": energy, "auroc_fused": fused, "best_detector": best_name, "best_auroc": best_auroc, "evaluation": e}));
     }
+    let mean: Vec<Value> = columns
+        .iter()
+        .map(|c| (c.len() == 10).then(|| c.iter().sum::<f64>() / 10.0).into())
+        .collect();
+    let _ = writeln!(
+        md,
+        "| **mean** | {} | {} | {} | {} | | {} | {} | {} |",
+        pct(&mean[0]),
+        num(&mean[1]),
+        num(&mean[2]),
+        num(&mean[3]),
+        num(&mean[4]),
+        pct(&mean[5]),
+        pct(&mean[6])
+    );
     let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
     write(&study.root.join("sweep.md"), &md)?;
     write(
