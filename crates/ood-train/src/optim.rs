@@ -80,6 +80,11 @@ impl AdamW {
         let bias2 = 1.0 - c.beta2.powi(t);
         for p in &mut self.params {
             let Some(g) = grads.get(&p.var) else { continue };
+            // A gradient from candle's stock backward is itself a tracked tensor whose graph
+            // reaches this step's activations. Kept in a moment undetached, it would chain
+            // every step's graph to the next: memory growing with every step (issue 10).
+            let g = g.detach();
+            let g = &g;
             p.m = ((&p.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             p.v = ((&p.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&p.m / bias1)? / ((&p.v / bias2)?.sqrt()? + c.eps)?)?;
