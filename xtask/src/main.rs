@@ -35,8 +35,28 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs `cargo run --release -p ood-cli [--features F] -- ARGS` from the workspace root.
+/// The cargo feature a `--device` argument needs (`--device cuda[:N]` -> cuda, metal -> metal).
+fn device_feature(args: &[String]) -> Option<&'static str> {
+    let value = args.iter().enumerate().find_map(|(i, a)| {
+        if a == "--device" {
+            args.get(i + 1).map(String::as_str)
+        } else {
+            a.strip_prefix("--device=")
+        }
+    })?;
+    ["cuda", "metal"]
+        .into_iter()
+        .find(|f| value == *f || value.starts_with(&format!("{f}:")))
+}
+
+/// Runs `cargo run --release -p ood-cli [--features F] -- ARGS` from the workspace root, with
+/// the feature a `--device` in ARGS needs added (so `cargo xtask bench --device cuda` works).
 pub(crate) fn ood(features: &[&str], args: &[String]) -> Result<()> {
+    let features: Vec<&str> = features
+        .iter()
+        .copied()
+        .chain(device_feature(args))
+        .collect();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root()).args([
         "run",
@@ -143,5 +163,25 @@ fn main() -> Result<()> {
             Ok(())
         }
         other => bail!("unknown task {other:?}\n\n{USAGE}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_feature;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_device_argument_selects_its_feature() {
+        assert_eq!(device_feature(&args(&["bench", "--device", "cuda"])), Some("cuda"));
+        assert_eq!(device_feature(&args(&["--device=cuda:1"])), Some("cuda"));
+        assert_eq!(device_feature(&args(&["--device", "metal:0"])), Some("metal"));
+        assert_eq!(device_feature(&args(&["--device", "cpu"])), None);
+        assert_eq!(device_feature(&args(&["--device", "cudax"])), None);
+        assert_eq!(device_feature(&args(&["bench", "--quick"])), None);
+        assert_eq!(device_feature(&args(&["--device"])), None);
     }
 }

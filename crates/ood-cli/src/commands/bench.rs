@@ -2,6 +2,11 @@
 //! project's CPU kernels and with candle's stock ops, side by side with the PyTorch reference
 //! (`../shared/bench/torch_ref.py`) when python3 can import torch.
 //!
+//! With `--device cuda` (or metal) it measures the presets on that device instead, with the
+//! training step `ood train` takes (the clean batch and its noised copy through the trunk
+//! together), beside PyTorch's GPU anchor (`../shared/cuda/torch_anchor.py`, the same step and
+//! model) when torch sees a GPU.
+//!
 //! The model measured is the reference script's (`ModelConfig::new(W, [2, 2, 2], 10)`), so the
 //! figures compare directly; the presets are measured too. A training step is the forward of
 //! both heads, cross-entropy plus denoising MSE, the backward pass and an Adam step; inference
@@ -11,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, ModuleT, Tensor, Var};
 use ood_model::ops::conv::{ConvBackwardData, ConvBackwardFilter, ConvForward};
 use ood_model::ops::{self, Kernels};
-use ood_model::ModelConfig;
+use ood_model::{DeviceChoice, ModelConfig};
 use ood_train::optim::{AdamW, AdamWConfig};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -43,9 +48,10 @@ pub struct BenchArgs {
     /// [default: 16,64; with --quick: 16].
     #[arg(long, value_delimiter = ',', value_name = "W,...")]
     pub widths: Option<Vec<usize>>,
-    /// Batch size of the training steps.
-    #[arg(long, default_value_t = 128, value_name = "N")]
-    pub train_batch: usize,
+    /// Batch size of the training steps [default: 128 on the CPU, as torch_ref.py; 64 on a
+    /// GPU, as `ood train` and torch_anchor.py].
+    #[arg(long, value_name = "N")]
+    pub train_batch: Option<usize>,
     /// Batch size of the inference passes.
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub infer_batch: usize,
@@ -68,6 +74,14 @@ pub struct BenchArgs {
     /// Also time each convolution and BatchNorm of the model alone, fast kernels against candle's.
     #[arg(long)]
     pub ops: bool,
+    /// Where to measure: cpu, or cuda[:N] / metal[:N] (a build with that feature); on a GPU the
+    /// presets tiny, small and paper are measured with candle's ops, the only ones there.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// PyTorch's GPU anchor, run with --device cuda when torch sees a GPU
+    /// [default: ../shared/cuda/torch_anchor.py beside the workspace, else .gpu/torch_anchor.py].
+    #[arg(long, value_name = "PATH", env = "OOD_TORCH_ANCHOR")]
+    pub torch_anchor: Option<PathBuf>,
 }
 
 /// The settings of one run, defaults filled in.
@@ -86,6 +100,10 @@ struct Plan {
     presets: Vec<&'static str>,
     preset_kernels: Kernels,
     threads: usize,
+    /// Where the models run; off the CPU only the presets are measured.
+    device: Device,
+    /// The training step of the preset rows.
+    preset_step: TrainStep,
 }
 
 impl Plan {
@@ -98,7 +116,12 @@ impl Plan {
         if widths.is_empty() || widths.contains(&0) {
             bail!("--widths: give one or more widths above 0");
         }
-        if args.train_batch == 0 || args.infer_batch == 0 {
+        let device = args.device.open()?;
+        let on_cpu = device.is_cpu();
+        let train_batch = args
+            .train_batch
+            .unwrap_or(if on_cpu { 128 } else { 64 });
+        if train_batch == 0 || args.infer_batch == 0 {
             bail!("--train-batch and --infer-batch must be at least 1");
         }
         let warmup = args.warmup.unwrap_or(if args.quick { 1 } else { 2 });
@@ -106,6 +129,8 @@ impl Plan {
         if steps == 0 {
             bail!("--steps must be at least 1");
         }
+        // torch_ref.py's model is a CPU comparison; on a GPU the presets are what users train.
+        let widths = if on_cpu { widths } else { Vec::new() };
         let kernels = widths
             .iter()
             .map(|&w| {
@@ -121,22 +146,30 @@ impl Plan {
             .collect();
         Ok(Self {
             widths,
-            train_batch: args.train_batch,
+            train_batch,
             infer_batch: args.infer_batch,
             warmup,
             steps,
             explicit_steps: args.warmup.is_some() || args.steps.is_some(),
             kernels,
-            presets: if args.quick {
-                vec!["small"]
-            } else {
-                vec!["tiny", "small"]
+            presets: match (args.quick, on_cpu) {
+                (true, _) => vec!["small"],
+                (false, true) => vec!["tiny", "small"],
+                (false, false) => vec!["tiny", "small", "paper"],
             },
             preset_kernels: match args.kernels {
+                // Off the CPU candle's ops run whatever is asked: say so in the table.
+                _ if !on_cpu => Kernels::Candle,
                 KernelChoice::Candle => Kernels::Candle,
                 _ => Kernels::Fast,
             },
             threads: thread_count(),
+            preset_step: if on_cpu {
+                TrainStep::Reference
+            } else {
+                TrainStep::Project
+            },
+            device,
         })
     }
 }
@@ -167,6 +200,16 @@ fn kernels_name(k: Kernels) -> &'static str {
         Kernels::Fast => "fast",
         Kernels::Candle => "candle",
     }
+}
+
+/// What a timed training step computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrainStep {
+    /// torch_ref.py's: the noised batch through both heads; cross-entropy + MSE to the clean one.
+    Reference,
+    /// `ood train`'s and torch_anchor.py's: the clean batch and its noised copy through the trunk
+    /// together, the classifier on the clean half, the decoder on the noised half.
+    Project,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,9 +254,6 @@ struct ModelRow {
     threads: usize,
     warmup: usize,
     steps: usize,
-    /// The torch_ref.py model (comparable with its RESULT lines).
-    #[serde(skip)]
-    reference: bool,
 }
 
 /// One op measurement, for one set of kernels. For BatchNorm `dgrad_ms` is the whole backward
@@ -240,11 +280,13 @@ enum JsonRow<'a> {
     Op(&'a OpRow),
 }
 
-/// A `RESULT framework=torch kind=train|infer ...` line of torch_ref.py.
+/// A PyTorch measurement: a `RESULT framework=torch kind=train|infer ...` line of torch_ref.py
+/// or a `RESULT torch-cuda PRESET train|infer batch N tf32=False X img/s` line of torch_anchor.py.
 #[derive(Debug, Clone, PartialEq)]
 struct TorchResult {
+    /// The row's model name: `ref-wW` for torch_ref.py, the preset for torch_anchor.py.
+    model: String,
     kind: String,
-    width: usize,
     batch: usize,
     images_per_s: f64,
 }
@@ -264,9 +306,10 @@ fn parse_torch_results(output: &str) -> Vec<TorchResult> {
             if get("framework") != Some("torch") {
                 return None;
             }
+            let width: usize = get("width")?.parse().ok()?;
             Some(TorchResult {
+                model: format!("ref-w{width}"),
                 kind: get("kind")?.to_string(),
-                width: get("width")?.parse().ok()?,
                 batch: get("batch")?.parse().ok()?,
                 images_per_s: get("images_per_s")?.parse().ok()?,
             })
@@ -274,12 +317,36 @@ fn parse_torch_results(output: &str) -> Vec<TorchResult> {
         .collect()
 }
 
-/// Puts each torch figure beside the reference-model rows of the same kind, width and batch.
+/// The fp32 measurements of torch_anchor.py's output (its TF32 lines are another precision
+/// than candle's, so they are not compared); other lines are skipped.
+fn parse_anchor_results(output: &str) -> Vec<TorchResult> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [result, framework, model, kind, "batch", batch, "tf32=False", ips, "img/s", ..]
+                    if *result == "RESULT" && framework.starts_with("torch-") =>
+                {
+                    Some(TorchResult {
+                        model: model.to_string(),
+                        kind: kind.to_string(),
+                        batch: batch.parse().ok()?,
+                        images_per_s: ips.parse().ok()?,
+                    })
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Puts each torch figure beside the rows of the same model, kind and batch.
 fn attach_torch(rows: &mut [ModelRow], torch: &[TorchResult]) {
-    for row in rows.iter_mut().filter(|r| r.reference) {
+    for row in rows.iter_mut() {
         let found = torch
             .iter()
-            .find(|t| t.kind == row.kind && t.width == row.width && t.batch == row.batch);
+            .find(|t| t.model == row.model && t.kind == row.kind && t.batch == row.batch);
         if let Some(t) = found {
             row.torch_images_per_s = Some(t.images_per_s);
             row.ratio = (t.images_per_s > 0.0).then(|| row.images_per_s / t.images_per_s);
@@ -315,7 +382,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     &config,
                     k,
                     kind,
-                    true,
+                    TrainStep::Reference,
                 )?);
             }
         }
@@ -329,7 +396,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 &config,
                 plan.preset_kernels,
                 kind,
-                false,
+                plan.preset_step,
             )?);
         }
     }
@@ -345,7 +412,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let torch_note = if args.no_torch {
         "not compared (--no-torch)".to_string()
     } else {
-        match run_torch(args, &plan) {
+        let torch = if plan.device.is_cpu() {
+            run_torch(args, &plan)
+        } else {
+            run_anchor(args, &plan)
+        };
+        match torch {
             Ok((version, results)) => {
                 attach_torch(&mut rows, &results);
                 format!("{version}, same threads, warm-up and steps")
@@ -356,6 +428,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     println!("# ood bench, {date}");
     println!("# CPU: {cpu}; {} compute threads", plan.threads);
+    if !plan.device.is_cpu() {
+        println!(
+            "# device: {} (candle's ops); train: batch and noised copy through the trunk, as `ood train`",
+            args.device
+        );
+    }
     let fewer = if plan.explicit_steps {
         ""
     } else {
@@ -372,9 +450,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
              so these figures (PyTorch's above all) are low; rerun on an idle machine"
         );
     }
-    println!(
-        "# ref-wW: torch_ref.py's model (width W, blocks [2,2,2], 10 classes); presets: 9 classes"
-    );
+    if plan.device.is_cpu() {
+        println!(
+            "# ref-wW: torch_ref.py's model (width W, blocks [2,2,2], 10 classes); presets: 9 classes"
+        );
+    }
     println!();
     print!("{}", model_table(&rows));
     if !op_rows.is_empty() {
@@ -427,7 +507,7 @@ struct Data {
 }
 
 impl Data {
-    fn random(batch: usize, classes: usize, side: usize, seed: u64) -> Result<Self> {
+    fn random(batch: usize, classes: usize, side: usize, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let n = batch * side * side;
         let clean: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
@@ -440,9 +520,9 @@ impl Data {
             .collect();
         let shape = (batch, 1, side, side);
         Ok(Self {
-            clean: Tensor::from_vec(clean, shape, &Device::Cpu)?,
-            noisy: Tensor::from_vec(noisy, shape, &Device::Cpu)?,
-            labels: Tensor::from_vec(labels, batch, &Device::Cpu)?,
+            clean: Tensor::from_vec(clean, shape, device)?,
+            noisy: Tensor::from_vec(noisy, shape, device)?,
+            labels: Tensor::from_vec(labels, batch, device)?,
         })
     }
 }
@@ -460,7 +540,7 @@ fn measure_model(
     config: &ModelConfig,
     kernels: Kernels,
     kind: Kind,
-    reference: bool,
+    step: TrainStep,
 ) -> Result<ModelRow> {
     ops::set_kernels(kernels);
     let batch = match kind {
@@ -473,8 +553,9 @@ fn measure_model(
         kind.name()
     );
     reset_peak_memory();
-    let (varmap, net) = ood_model::build(config, &Device::Cpu, 0)?;
-    let data = Data::random(batch, config.num_classes, config.image_size, 0)?;
+    let device = &plan.device;
+    let (varmap, net) = ood_model::build(config, device, 0)?;
+    let data = Data::random(batch, config.num_classes, config.image_size, 0, device)?;
     let (warmup, steps) = plan.steps_for(config.width, kernels);
     let (median, min) = match kind {
         Kind::Train => {
@@ -484,9 +565,23 @@ fn measure_model(
             };
             let mut opt = AdamW::new(&varmap, adam)?;
             timed(warmup, steps, || {
-                let out = net.forward_all(&data.noisy, true)?;
-                let loss = (ood_losses::cross_entropy(&out.logits, &data.labels)?
-                    + ood_losses::denoising_mse(&out.reconstruction, &data.clean)?)?;
+                let (logits, reconstruction) = match step {
+                    TrainStep::Reference => {
+                        let out = net.forward_all(&data.noisy, true)?;
+                        (out.logits, out.reconstruction)
+                    }
+                    TrainStep::Project => {
+                        let both = Tensor::cat(&[&data.clean, &data.noisy], 0)?;
+                        let features = net.features(&both, true)?;
+                        let pooled = ood_model::OodNet::pool(&features.narrow(0, 0, batch)?)?;
+                        (
+                            net.classify(&pooled)?,
+                            net.decode(&features.narrow(0, batch, batch)?, true)?,
+                        )
+                    }
+                };
+                let loss = (ood_losses::cross_entropy(&logits, &data.labels)?
+                    + ood_losses::denoising_mse(&reconstruction, &data.clean)?)?;
                 opt.backward_step(&loss, 1e-3)?;
                 let value = loss.to_scalar::<f32>()?;
                 std::hint::black_box(value);
@@ -501,11 +596,23 @@ fn measure_model(
             Ok(())
         })?,
     };
-    let peak_mib = peak_memory_mib();
+    // Resident memory says nothing of a GPU's.
+    let peak_mib = if device.is_cpu() {
+        peak_memory_mib()
+    } else {
+        None
+    };
     drop((net, varmap, data));
     let images_per_s = batch as f64 / median;
-    let gflops =
-        images_per_s * config.forward_flops_per_image() as f64 * kind.flop_multiple() / 1e9;
+    let flops_per_image = match (kind, step) {
+        // The trunk also runs on the noised copy.
+        (Kind::Train, TrainStep::Project) => {
+            let (trunk, classifier, decoder) = config.macs_per_image();
+            2 * (2 * trunk + classifier + decoder)
+        }
+        _ => config.forward_flops_per_image(),
+    };
+    let gflops = images_per_s * flops_per_image as f64 * kind.flop_multiple() / 1e9;
     eprintln!("{images_per_s:.1} img/s");
     Ok(ModelRow {
         model: model.to_string(),
@@ -524,7 +631,6 @@ fn measure_model(
         threads: plan.threads,
         warmup,
         steps,
-        reference,
     })
 }
 
@@ -548,44 +654,102 @@ fn peak_memory_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// The script and its output: (torch version line, results).
+/// torch_ref.py on the CPU: (torch version, results).
 fn run_torch(args: &BenchArgs, plan: &Plan) -> Result<(String, Vec<TorchResult>)> {
-    let script = match &args.torch_ref {
-        Some(p) => p.clone(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/bench/torch_ref.py"),
-    };
-    if !script.is_file() {
-        bail!(
-            "no {}: give --torch-ref PATH or OOD_TORCH_REF",
-            script.display()
-        );
-    }
-    let script = std::fs::canonicalize(&script).unwrap_or(script);
-    let importable = Command::new("python3")
-        .args(["-c", "import torch"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !importable {
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/bench/torch_ref.py");
+    let script = find_script(args.torch_ref.as_deref(), &[default], "--torch-ref", "OOD_TORCH_REF")?;
+    if !python_says_yes("import torch") {
         bail!("python3 cannot import torch");
     }
     let widths: Vec<String> = plan.widths.iter().map(|w| w.to_string()).collect();
     eprintln!("running the PyTorch reference {} ...", script.display());
-    let output = Command::new("python3")
-        .arg(&script)
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script)
         .args(["--threads", &plan.threads.to_string(), "--widths"])
         .args(&widths)
         .args(["--train-batch", &plan.train_batch.to_string()])
         .args(["--infer-batch", &plan.infer_batch.to_string()])
         .args(["--warmup", &plan.warmup.to_string()])
         .args(["--steps", &plan.steps.to_string()])
-        .arg("--no-matmul")
+        .arg("--no-matmul");
+    let stdout = run_script(cmd, &script)?;
+    let results = parse_torch_results(&stdout);
+    if results.is_empty() {
+        bail!("{} printed no RESULT lines", script.display());
+    }
+    let version = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("# torch "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map_or_else(|| "torch".to_string(), |v| format!("torch {v}"));
+    Ok((version, results))
+}
+
+/// torch_anchor.py on the GPU, with the same presets, batches and steps: (its first line, the
+/// fp32 results).
+fn run_anchor(args: &BenchArgs, plan: &Plan) -> Result<(String, Vec<TorchResult>)> {
+    let defaults = [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/cuda/torch_anchor.py"),
+        PathBuf::from(".gpu/torch_anchor.py"),
+    ];
+    let script = find_script(
+        args.torch_anchor.as_deref(),
+        &defaults,
+        "--torch-anchor",
+        "OOD_TORCH_ANCHOR",
+    )?;
+    if !python_says_yes("import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)") {
+        bail!("python3 cannot import torch, or torch sees no CUDA device");
+    }
+    eprintln!("running the PyTorch anchor {} ...", script.display());
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script)
+        .args(["--device", &args.device.to_string()])
+        .args(["--presets", &plan.presets.join(",")])
+        .args(["--train-batch", &plan.train_batch.to_string()])
+        .args(["--infer-batch", &plan.infer_batch.to_string()])
+        .args(["--warmup", &plan.warmup.to_string()])
+        .args(["--steps", &plan.steps.to_string()]);
+    let stdout = run_script(cmd, &script)?;
+    let results = parse_anchor_results(&stdout);
+    if results.is_empty() {
+        bail!("{} printed no fp32 RESULT lines", script.display());
+    }
+    let version = stdout.lines().next().unwrap_or("torch").trim().to_string();
+    Ok((version, results))
+}
+
+/// The script given (flag or environment), else the first default that exists.
+fn find_script(given: Option<&Path>, defaults: &[PathBuf], flag: &str, env: &str) -> Result<PathBuf> {
+    let found = match given {
+        Some(p) => p.is_file().then(|| p.to_path_buf()),
+        None => defaults.iter().find(|p| p.is_file()).cloned(),
+    };
+    let Some(script) = found else {
+        let tried = given.map_or_else(|| defaults.to_vec(), |p| vec![p.to_path_buf()]);
+        let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        bail!("no {}: give {flag} PATH or {env}", tried.join(" or "));
+    };
+    Ok(std::fs::canonicalize(&script).unwrap_or(script))
+}
+
+/// Whether `python3 -c CODE` exits with success.
+fn python_says_yes(code: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", code])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs a benchmark script to the end: its standard output, or an error with its last words.
+fn run_script(mut cmd: Command, script: &Path) -> Result<String> {
+    let output = cmd
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running python3 {}", script.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         // Its warnings are noise when it works; when it fails, its last words say why.
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -601,16 +765,7 @@ fn run_torch(args: &BenchArgs, plan: &Plan) -> Result<(String, Vec<TorchResult>)
             last.trim()
         );
     }
-    let results = parse_torch_results(&stdout);
-    if results.is_empty() {
-        bail!("{} printed no RESULT lines", script.display());
-    }
-    let version = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("# torch "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map_or_else(|| "torch".to_string(), |v| format!("torch {v}"));
-    Ok((version, results))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
@@ -990,6 +1145,7 @@ not a result line images_per_s=5
         ips: f64,
         reference: bool,
     ) -> ModelRow {
+        // A preset has blocks [1, 1, 1], torch_ref.py's model [2, 2, 2].
         ModelRow {
             model: model.into(),
             width,
@@ -1007,8 +1163,39 @@ not a result line images_per_s=5
             threads: 2,
             warmup: 0,
             steps: 1,
-            reference,
         }
+    }
+
+    #[test]
+    fn anchor_lines_are_parsed_fp32_only_and_matched_to_presets() {
+        let output = "torch 2.9.0, device cuda (NVIDIA H200, CUDA 13.0, cuDNN 91200)
+preset small: width 16, blocks [1, 1, 1], 9 classes, 174000 parameters
+RESULT torch-cuda small train batch 64 tf32=False 11125 img/s (5.75 ms/step, peak 120 MiB)
+RESULT torch-cuda small train batch 64 tf32=True 12000 img/s (5.33 ms/step, peak 120 MiB)
+RESULT torch-cuda small infer batch 512 tf32=False 380865 img/s (1.34 ms/batch)
+RESULT torch-cuda paper train batch 64 tf32=False 6739 img/s (9.50 ms/step)
+RESULT torch-cuda paper train batch x tf32=False 1 img/s
+";
+        let parsed = parse_anchor_results(output);
+        assert_eq!(parsed.len(), 3, "{parsed:?}");
+        assert_eq!(
+            parsed[0],
+            TorchResult {
+                model: "small".into(),
+                kind: "train".into(),
+                batch: 64,
+                images_per_s: 11125.0
+            }
+        );
+        let mut rows = vec![
+            row("small", "candle", "train", 16, 64, 5562.5, false),
+            row("small", "candle", "infer", 16, 512, 380865.0, false),
+            row("paper", "candle", "infer", 64, 512, 1.0, false),
+        ];
+        attach_torch(&mut rows, &parsed);
+        assert!((rows[0].ratio.unwrap() - 0.5).abs() < 1e-12);
+        assert!((rows[1].ratio.unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(rows[2].ratio, None);
     }
 
     #[test]
@@ -1018,13 +1205,13 @@ not a result line images_per_s=5
         assert_eq!(
             parsed[0],
             TorchResult {
+                model: "ref-w16".into(),
                 kind: "train".into(),
-                width: 16,
                 batch: 128,
                 images_per_s: 1302.0
             }
         );
-        assert_eq!(parsed[2].width, 64);
+        assert_eq!(parsed[2].model, "ref-w64");
 
         let mut rows = vec![
             row("ref-w16", "fast", "train", 16, 128, 651.0, true),
