@@ -12,7 +12,8 @@
 //! model's outputs (logits, pooled features, reconstruction errors) into such scores, with a
 //! pytorch-ood-like fit/score API on plain arrays ([`detectors`]: MSP, MaxLogit, Energy,
 //! temperature-scaled MSP, Mahalanobis, KNN, reconstruction error, the combined rule, and a
-//! logistic-regression fusion of several of them).
+//! logistic-regression fusion of several of them), and detectors' scores turned into p-values
+//! against held-out in-distribution scores and combined ([`pvalue`]: the default score).
 //!
 //! It is **not**: a model, a data loader, or anything that touches candle tensors; it does no
 //! plotting and no file I/O (the public structs derive serde so callers can store them).
@@ -68,6 +69,7 @@
 pub mod classify;
 pub mod detectors;
 pub mod oscr;
+pub mod pvalue;
 pub mod roc;
 pub mod rule;
 pub mod threshold;
@@ -78,6 +80,7 @@ pub use detectors::{
     Msp, Reconstruction, Samples, TemperatureMsp,
 };
 pub use oscr::{oscr, oscr_curve, OscrPoint};
+pub use pvalue::{Combine, Explained, Member, PValueCombination, Reference};
 pub use roc::{
     aupr_in, aupr_out, auroc, detection_rate_at_id_acceptance, fpr_at_95_tpr, fpr_at_tpr,
     ood_metrics, roc_curve, OodMetrics, RocPoint,

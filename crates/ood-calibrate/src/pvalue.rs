@@ -1,0 +1,373 @@
+//! Scores made comparable: each detector's score turned into an empirical p-value against the
+//! scores of held-out in-distribution samples, and the p-values combined into one score.
+//!
+//! Detectors disagree about what they catch: energy (logits) catches unknown digits, the
+//! Mahalanobis distance (features) catches clothing and noise. Their raw scores live on
+//! unrelated scales, so a sum means nothing; their p-values do not. For a detector with
+//! held-out scores `r_1..r_n` (in-distribution samples never trained on), the p-value of a
+//! score `s` is
+//!
+//! ```text
+//! p(s) = (1 + #{i : r_i >= s}) / (n + 1)
+//! ```
+//!
+//! the conformal p-value: for a new in-distribution sample it is (super-)uniform, whatever the
+//! detector. [`Combine::MinP`] takes the smallest p-value of the members (a sample is as
+//! unusual as its most unusual view), [`Combine::Fisher`] sums `-2 ln p`. Both are reported
+//! as OOD scores (larger = more OOD): `-ln(min p)` and `-2 Σ ln p`.
+//!
+//! Nothing here is fitted on OOD data: the members are fitted on in-distribution training data
+//! ([`Detector::fit`]) and the references are held-out in-distribution samples
+//! ([`PValueCombination::fit_reference`]); a threshold is then set on the held-out samples alone
+//! with [`threshold_at_id_acceptance`](crate::threshold_at_id_acceptance).
+
+use crate::detectors::{Detector, Energy, Knn, Mahalanobis, MaxLogit, Msp, Reconstruction, Samples};
+use crate::{check_finite, CalibrateError, Result};
+use serde::{Deserialize, Serialize};
+
+/// The held-out in-distribution scores of one detector, sorted increasingly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    sorted: Vec<f64>,
+}
+
+impl Reference {
+    /// From held-out in-distribution scores (non-empty, finite).
+    pub fn new(scores: &[f64]) -> Result<Self> {
+        if scores.is_empty() {
+            return Err(CalibrateError::Empty { what: "reference" });
+        }
+        check_finite("reference", scores)?;
+        let mut sorted = scores.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Ok(Self { sorted })
+    }
+
+    /// The number of held-out scores.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// Never true: a reference has at least one score.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// `(1 + #{r >= score}) / (n + 1)`, in `[1 / (n + 1), 1]`.
+    pub fn p_value(&self, score: f64) -> f64 {
+        let below = self.sorted.partition_point(|&r| r < score);
+        let at_or_above = self.sorted.len() - below;
+        (1 + at_or_above) as f64 / (self.sorted.len() + 1) as f64
+    }
+}
+
+/// How the members' p-values become one score.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Combine {
+    /// `-ln(min p)`: flags a sample that any member finds unusual.
+    #[default]
+    MinP,
+    /// Fisher's method, `-2 Σ ln p`: rewards samples unusual to several members at once, and
+    /// suffers when one member is blind to a kind of OOD.
+    Fisher,
+}
+
+impl Combine {
+    fn name(self) -> &'static str {
+        match self {
+            Combine::MinP => "MinP",
+            Combine::Fisher => "Fisher",
+        }
+    }
+
+    /// The OOD score of one sample's p-values.
+    pub fn score(self, p_values: &[f64]) -> f64 {
+        match self {
+            Combine::MinP => -p_values.iter().copied().fold(1.0, f64::min).ln(),
+            Combine::Fisher => -2.0 * p_values.iter().map(|p| p.ln()).sum::<f64>(),
+        }
+    }
+}
+
+/// A member of a combination: the detectors whose fitted state can be stored (a calibration
+/// file carries them). KNN is allowed but stores its whole training bank.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Member {
+    /// See [`Msp`].
+    Msp(Msp),
+    /// See [`MaxLogit`].
+    MaxLogit(MaxLogit),
+    /// See [`Energy`].
+    Energy(Energy),
+    /// See [`Mahalanobis`].
+    Mahalanobis(Mahalanobis),
+    /// See [`Knn`].
+    Knn(Knn),
+    /// See [`Reconstruction`].
+    Reconstruction(Reconstruction),
+}
+
+impl Member {
+    /// The member as a detector.
+    pub fn detector(&self) -> &dyn Detector {
+        match self {
+            Member::Msp(d) => d,
+            Member::MaxLogit(d) => d,
+            Member::Energy(d) => d,
+            Member::Mahalanobis(d) => d,
+            Member::Knn(d) => d,
+            Member::Reconstruction(d) => d,
+        }
+    }
+
+    fn detector_mut(&mut self) -> &mut dyn Detector {
+        match self {
+            Member::Msp(d) => d,
+            Member::MaxLogit(d) => d,
+            Member::Energy(d) => d,
+            Member::Mahalanobis(d) => d,
+            Member::Knn(d) => d,
+            Member::Reconstruction(d) => d,
+        }
+    }
+}
+
+/// One sample's score with its parts, for explaining a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Explained {
+    /// The combined OOD score.
+    pub score: f64,
+    /// Each member: its name, its raw OOD score and its p-value.
+    pub members: Vec<(String, f64, f64)>,
+}
+
+/// Members' p-values against held-out in-distribution scores, combined into one OOD score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PValueCombination {
+    members: Vec<Member>,
+    combine: Combine,
+    /// One per member, after [`PValueCombination::fit_reference`].
+    references: Option<Vec<Reference>>,
+}
+
+impl PValueCombination {
+    /// Unfitted; `members` must not be empty (checked by `fit`).
+    pub fn new(members: Vec<Member>, combine: Combine) -> Self {
+        Self {
+            members,
+            combine,
+            references: None,
+        }
+    }
+
+    /// The default score of candle-ood: min-p of energy (logits) and Mahalanobis (features).
+    pub fn energy_mahalanobis() -> Self {
+        Self::new(
+            vec![
+                Member::Energy(Energy::default()),
+                Member::Mahalanobis(Mahalanobis::new()),
+            ],
+            Combine::MinP,
+        )
+    }
+
+    /// The members.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The combination.
+    pub fn combine(&self) -> Combine {
+        self.combine
+    }
+
+    /// Scores the held-out in-distribution samples with every (fitted) member and keeps them
+    /// as the references of the p-values. Call after [`Detector::fit`].
+    pub fn fit_reference(&mut self, held_out: &Samples<'_>) -> Result<()> {
+        if self.members.is_empty() {
+            return Err(CalibrateError::Empty { what: "members" });
+        }
+        let references = self
+            .members
+            .iter()
+            .map(|m| Reference::new(&m.detector().score(held_out)?))
+            .collect::<Result<_>>()?;
+        self.references = Some(references);
+        Ok(())
+    }
+
+    fn references(&self) -> Result<&[Reference]> {
+        self.references
+            .as_deref()
+            .ok_or_else(|| CalibrateError::NotFitted {
+                detector: self.name(),
+            })
+    }
+
+    /// Per sample, the members' raw scores and p-values with the combined score.
+    pub fn explain(&self, samples: &Samples<'_>) -> Result<Vec<Explained>> {
+        let references = self.references()?;
+        let raw: Vec<Vec<f64>> = self
+            .members
+            .iter()
+            .map(|m| m.detector().score(samples))
+            .collect::<Result<_>>()?;
+        Ok((0..samples.len())
+            .map(|i| {
+                let members: Vec<(String, f64, f64)> = self
+                    .members
+                    .iter()
+                    .zip(references)
+                    .zip(&raw)
+                    .map(|((m, r), s)| (m.detector().name(), s[i], r.p_value(s[i])))
+                    .collect();
+                let p: Vec<f64> = members.iter().map(|(_, _, p)| *p).collect();
+                Explained {
+                    score: self.combine.score(&p),
+                    members,
+                }
+            })
+            .collect())
+    }
+}
+
+impl Detector for PValueCombination {
+    fn name(&self) -> String {
+        let names: Vec<String> = self.members.iter().map(|m| m.detector().name()).collect();
+        format!("{}[{}]", self.combine.name(), names.join("+"))
+    }
+
+    /// Fits every member on the in-distribution training samples. The references come from
+    /// other, held-out samples: [`PValueCombination::fit_reference`].
+    fn fit(&mut self, id_train: &Samples<'_>, labels: &[usize]) -> Result<()> {
+        if self.members.is_empty() {
+            return Err(CalibrateError::Empty { what: "members" });
+        }
+        for m in &mut self.members {
+            m.detector_mut().fit(id_train, labels)?;
+        }
+        self.references = None;
+        Ok(())
+    }
+
+    fn score(&self, samples: &Samples<'_>) -> Result<Vec<f64>> {
+        Ok(self
+            .explain(samples)?
+            .into_iter()
+            .map(|e| e.score)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::threshold_at_id_acceptance;
+
+    #[test]
+    fn p_values_by_hand() {
+        // Held-out scores 1, 2, 2, 3 (n = 4): p(s) = (1 + #{r >= s}) / 5.
+        let r = Reference::new(&[2.0, 1.0, 3.0, 2.0]).unwrap();
+        assert_eq!(r.len(), 4);
+        assert_eq!(r.p_value(0.0), 1.0); // all four are >= 0
+        assert_eq!(r.p_value(1.0), 1.0);
+        assert_eq!(r.p_value(1.5), 4.0 / 5.0);
+        assert_eq!(r.p_value(2.0), 4.0 / 5.0); // ties count as at least as extreme
+        assert_eq!(r.p_value(2.5), 2.0 / 5.0);
+        assert_eq!(r.p_value(3.0), 2.0 / 5.0);
+        assert_eq!(r.p_value(9.0), 1.0 / 5.0); // beyond every held-out score
+        assert!(Reference::new(&[]).is_err());
+        assert!(Reference::new(&[1.0, f64::NAN]).is_err());
+    }
+
+    #[test]
+    fn combinations_by_hand() {
+        let p = [0.5, 0.1, 0.8];
+        assert!((Combine::MinP.score(&p) - 10f64.ln()).abs() < 1e-12);
+        let fisher = -2.0 * (0.5f64.ln() + 0.1f64.ln() + 0.8f64.ln());
+        assert!((Combine::Fisher.score(&p) - fisher).abs() < 1e-12);
+        // A p-value of 1 adds nothing to either.
+        assert_eq!(Combine::MinP.score(&[1.0, 1.0]), 0.0);
+        assert_eq!(Combine::Fisher.score(&[1.0]), 0.0);
+    }
+
+    /// Two logit columns, so MaxLogit and (T = 1) energy give different views of one sample.
+    fn samples(logits: &[f32]) -> Samples<'_> {
+        Samples::new(logits, &[], &[], 2, 0).unwrap()
+    }
+
+    #[test]
+    fn min_p_of_two_members_by_hand() {
+        // MaxLogit scores -max(l); MSP scores -max softmax.
+        let mut c = PValueCombination::new(
+            vec![Member::MaxLogit(MaxLogit), Member::Msp(Msp)],
+            Combine::MinP,
+        );
+        let train = samples(&[1.0, 0.0]);
+        c.fit(&train, &[0]).unwrap();
+        assert!(c.score(&train).is_err(), "no references yet");
+        // Held out: max logits 4, 3, 2, 1 with the other logit 0.
+        let held = [4.0, 0.0, 3.0, 0.0, 2.0, 0.0, 1.0, 0.0];
+        c.fit_reference(&samples(&held)).unwrap();
+        assert_eq!(c.name(), "MinP[MaxLogit+MSP]");
+        // Test: (a) like the most confident held-out sample; (b) max logit 10 but unsure
+        // (10 against 10); (c) max logit 0.5 with the other at -5.
+        let test = [4.0, 0.0, 10.0, 10.0, 0.5, -5.0];
+        let e = c.explain(&samples(&test)).unwrap();
+        // (a) MaxLogit -4: all 4 held-out scores (-4..-1) are >= -4 -> p = 5/5; MSP equal to
+        //     the most confident held-out one -> p = 5/5 too. Score -ln 1 = 0.
+        assert_eq!(e[0].members[0].2, 1.0);
+        assert_eq!(e[0].members[1].2, 1.0);
+        assert_eq!(e[0].score, 0.0);
+        // (b) MaxLogit -10 is below every held-out score -> p = 1; MSP 0.5 is less confident
+        //     than every held-out sample -> p = 1/5. min p = 1/5.
+        assert_eq!(e[1].members[0].2, 1.0);
+        assert_eq!(e[1].members[1].2, 0.2);
+        assert!((e[1].score - 5f64.ln()).abs() < 1e-12);
+        // (c) MaxLogit -0.5 is above every held-out score -> p = 1/5; MSP near 1, the most
+        //     confident of all -> p = 1.
+        assert_eq!(e[2].members[0].2, 0.2);
+        assert_eq!(e[2].members[1].2, 1.0);
+        assert_eq!(c.score(&samples(&test)).unwrap(), vec![0.0, 5f64.ln(), 5f64.ln()]);
+        // Refitting the members drops the references.
+        c.fit(&train, &[0]).unwrap();
+        assert!(c.score(&train).is_err());
+    }
+
+    #[test]
+    fn acceptance_threshold_on_combined_scores_with_ties() {
+        // A single member and a single class: the p-values of the held-out samples themselves.
+        let mut c = PValueCombination::new(vec![Member::MaxLogit(MaxLogit)], Combine::MinP);
+        let held = [4.0, 0.0, 3.0, 0.0, 3.0, 0.0, 1.0, 0.0];
+        c.fit(&samples(&held), &[0, 0, 0, 0]).unwrap();
+        c.fit_reference(&samples(&held)).unwrap();
+        let s = c.score(&samples(&held)).unwrap();
+        // MaxLogit -4, -3, -3, -1 -> p 5/5, 4/5, 4/5, 2/5.
+        let expect = [0.0, -(0.8f64.ln()), -(0.8f64.ln()), -(0.4f64.ln())];
+        for (a, b) in s.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-12, "{s:?}");
+        }
+        // Accepting half of them: the two tied samples move together, so the threshold is
+        // their score and three of four are accepted (flagged only when score > threshold).
+        let t = threshold_at_id_acceptance(&s, 0.5).unwrap();
+        assert!((t - expect[1]).abs() < 1e-12);
+        assert_eq!(s.iter().filter(|&&x| x <= t).count(), 3);
+        let t = threshold_at_id_acceptance(&s, 0.25).unwrap();
+        assert_eq!(t, 0.0);
+        assert_eq!(s.iter().filter(|&&x| x <= t).count(), 1);
+    }
+
+    #[test]
+    fn the_combination_round_trips_through_json() {
+        let mut c = PValueCombination::energy_mahalanobis();
+        let features = [0.0f32, 1.0, 1.0, 0.0, 0.1, 0.9, 0.9, 0.1, 0.2, 1.1, 1.2, -0.1];
+        let logits = [2.0f32, 0.0, 0.0, 2.0, 3.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 4.0];
+        let all = Samples::new(&logits, &features, &[], 2, 2).unwrap();
+        c.fit(&all, &[0, 1, 0, 1, 0, 1]).unwrap();
+        c.fit_reference(&all).unwrap();
+        let back: PValueCombination =
+            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.score(&all).unwrap(), c.score(&all).unwrap());
+        assert_eq!(back.name(), "MinP[Energy(T=1)+Mahalanobis]");
+    }
+}
