@@ -21,9 +21,12 @@ tasks:
                     `ood train`, e.g. --epochs 2 --seed 1; --root DIR moves the study;
                     --variants k0,k1 runs only those: k0 k1 k5 std-off std-literal no-decoder)
   sweep [ARGS]      ten models, each with one digit unknown, into runs/sweep (resumable)
+  seeds [ARGS]      the default settings with --seeds 0,1,2 (default) into runs/seeds: the
+                    headline numbers per seed with mean and spread (resumable)
   demo              train, calibrate and evaluate the default model, end to end
   inspect [CKPT]    describe a checkpoint (default runs/default/checkpoint.safetensors)
-  bench [ARGS]      measure training and inference throughput (`ood bench`; --quick: about a minute)
+  bench [ARGS]      measure training and inference throughput (`ood bench`; --quick: about a
+                    minute; --device cuda: the presets on a GPU, beside PyTorch)
   ci                run what CI runs (.ci/run)
 
 Data: --data-dir DIR, or OOD_DATA_DIR, else assets/data.";
@@ -129,6 +132,7 @@ fn main() -> Result<()> {
         }
         "ablate" => studies::ablate(rest),
         "sweep" => studies::sweep(rest),
+        "seeds" => studies::seeds(rest),
         "demo" => {
             let mut a = vec!["train".to_string()];
             a.extend(with_default(rest, "--out", "runs/default"));

@@ -1,4 +1,5 @@
-//! Multi-model studies: the ablations and the leave-one-digit-out sweep. Each model lives in
+//! Multi-model studies: the ablations, the leave-one-digit-out sweep and the seed repeats of
+//! the default settings. Each model lives in
 //! its own run folder; finished stages are detected from their files and not redone, so an
 //! interrupted study resumes where it stopped.
 
@@ -258,11 +259,11 @@ pub fn sweep(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let mut md = String::new();
     let _ = writeln!(md, "Command: `cargo xtask sweep {}`\n", args.join(" "));
-    let _ = writeln!(md, "| unknown digit | closed-set accuracy | AUROC MSP | AUROC Energy | AUROC Fused | best detector | its AUROC | unknown flagged (rule) | known accepted and correct (rule) |\n|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| unknown digit | closed-set accuracy | AUROC MSP | AUROC Energy | AUROC Fused | AUROC default score | best detector | its AUROC | unknown flagged (rule) | known accepted and correct (rule) |\n|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut dirs = Vec::new();
     // Per column, the values of every digit, for the mean row.
-    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); 7];
+    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); 8];
     for digit in 0..=9u8 {
         let dir = study.root.join(format!("digit{digit}"));
         dirs.push(dir.clone());
@@ -297,6 +298,12 @@ pub fn sweep(args: &[String]) -> Result<()> {
                 .unwrap_or(Value::Null)
         };
         let (msp, energy, fused) = (auroc_of("MSP"), auroc_of("Energy"), auroc_of("Fused"));
+        // The default score: "MinP[Energy(T=1)+Mahalanobis]".
+        let default_score = near_rows
+            .iter()
+            .find(|r| r["detector"].as_str().unwrap_or_default().starts_with("MinP["))
+            .map(|r| r["auroc"].clone())
+            .unwrap_or(Value::Null);
         // The combined rule's score is binary, so its AUROC is not comparable.
         let best = near_rows
             .iter()
@@ -323,6 +330,7 @@ pub fn sweep(args: &[String]) -> Result<()> {
             &msp,
             &energy,
             &fused,
+            &default_score,
             &best_auroc,
             &e["unknown_detection"],
             &e["known_accuracy"],
@@ -332,16 +340,17 @@ pub fn sweep(args: &[String]) -> Result<()> {
         }
         let _ = writeln!(
             md,
-            "| {digit} | {} | {} | {} | {} | {best_name} | {} | {} | {} |",
+            "| {digit} | {} | {} | {} | {} | {} | {best_name} | {} | {} | {} |",
             pct(values[0]),
             num(&msp),
             num(&energy),
             num(&fused),
+            num(&default_score),
             num(&best_auroc),
-            pct(values[5]),
-            pct(values[6])
+            pct(values[6]),
+            pct(values[7])
         );
-        rows.push(serde_json::json!({"unknown": digit, "closed_set_accuracy": b["closed_set_accuracy"], "auroc_msp": msp, "auroc_energy": energy, "auroc_fused": fused, "best_detector": best_name, "best_auroc": best_auroc, "evaluation": e}));
+        rows.push(serde_json::json!({"unknown": digit, "closed_set_accuracy": b["closed_set_accuracy"], "auroc_msp": msp, "auroc_energy": energy, "auroc_fused": fused, "auroc_default": default_score, "best_detector": best_name, "best_auroc": best_auroc, "evaluation": e}));
     }
     let mean: Vec<Value> = columns
         .iter()
@@ -349,19 +358,124 @@ pub fn sweep(args: &[String]) -> Result<()> {
         .collect();
     let _ = writeln!(
         md,
-        "| **mean** | {} | {} | {} | {} | | {} | {} | {} |",
+        "| **mean** | {} | {} | {} | {} | {} | | {} | {} | {} |",
         pct(&mean[0]),
         num(&mean[1]),
         num(&mean[2]),
         num(&mean[3]),
         num(&mean[4]),
-        pct(&mean[5]),
-        pct(&mean[6])
+        num(&mean[5]),
+        pct(&mean[6]),
+        pct(&mean[7])
     );
     let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
     write(&study.root.join("sweep.md"), &md)?;
     write(
         &study.root.join("sweep.json"),
+        &serde_json::to_string_pretty(&rows)?,
+    )?;
+    println!("{md}");
+    Ok(())
+}
+
+/// The default settings trained with several seeds (`--seeds 0,1,2`): the headline numbers of
+/// the rule in force and the default score's AUROCs per seed, with their mean and spread.
+pub fn seeds(args: &[String]) -> Result<()> {
+    let mut rest = Vec::new();
+    let mut seeds: Vec<u64> = vec![0, 1, 2];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--seeds" {
+            let list = it.next().context("--seeds needs a value")?;
+            seeds = list
+                .split(',')
+                .map(|s| s.trim().parse().with_context(|| format!("--seeds: {s:?}")))
+                .collect::<Result<_>>()?;
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    anyhow::ensure!(!seeds.is_empty(), "--seeds: give at least one seed");
+    let study = StudyArgs::parse(&rest, "runs/seeds")?;
+    let started = Instant::now();
+    let mut md = String::new();
+    let _ = writeln!(md, "Command: `cargo xtask seeds {}`\n", args.join(" "));
+    let headers = [
+        "valid accepted and right",
+        "zeros caught",
+        "Fashion-MNIST caught",
+        "closed-set accuracy",
+        "AUROC default score (zeros)",
+        "AUROC default score (Fashion)",
+    ];
+    let _ = writeln!(
+        md,
+        "| seed | {} |\n|---|{}",
+        headers.join(" | "),
+        "---|".repeat(headers.len())
+    );
+    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); headers.len()];
+    let mut rows = Vec::new();
+    let mut dirs = Vec::new();
+    for seed in &seeds {
+        let dir = study.root.join(format!("seed{seed}"));
+        dirs.push(dir.clone());
+        let m = run_model(&dir, &["--seed".to_string(), seed.to_string()], &study, false)?;
+        let e = &m["evaluation"];
+        let fashion = e["far"].as_array().and_then(|f| f.first());
+        let default_auroc = |set: Option<&Value>| {
+            set.and_then(|s| s["scores"].as_array())
+                .and_then(|scores| {
+                    scores
+                        .iter()
+                        .find(|p| p[0].as_str().unwrap_or_default().starts_with("MinP["))
+                })
+                .map(|p| p[1]["auroc"].clone())
+                .unwrap_or(Value::Null)
+        };
+        let values = [
+            e["known_accuracy"].clone(),
+            e["unknown_detection"].clone(),
+            fashion.map_or(Value::Null, |f| f["flagged"].clone()),
+            e["closed_set_accuracy"].clone(),
+            default_auroc(Some(&e["near"])),
+            default_auroc(fashion),
+        ];
+        for (column, v) in columns.iter_mut().zip(&values) {
+            column.extend(v.as_f64());
+        }
+        let cells: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i < 4 { pct(v) } else { num(v) })
+            .collect();
+        let _ = writeln!(md, "| {seed} | {} |", cells.join(" | "));
+        rows.push(serde_json::json!({"seed": seed, "evaluation": e}));
+    }
+    let summary: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.len() != seeds.len() {
+                return "-".to_string();
+            }
+            let n = c.len() as f64;
+            let mean = c.iter().sum::<f64>() / n;
+            let (lo, hi) = c
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+            if i < 4 {
+                format!("{:.2}% ({:.2}-{:.2})", 100.0 * mean, 100.0 * lo, 100.0 * hi)
+            } else {
+                format!("{mean:.4} ({lo:.4}-{hi:.4})")
+            }
+        })
+        .collect();
+    let _ = writeln!(md, "| **mean (min-max)** | {} |", summary.join(" | "));
+    let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
+    write(&study.root.join("seeds.md"), &md)?;
+    write(
+        &study.root.join("seeds.json"),
         &serde_json::to_string_pretty(&rows)?,
     )?;
     println!("{md}");

@@ -3,7 +3,8 @@
 //! This crate reads and checks IDX files (gzip or raw), finds datasets under a data root
 //! (`--data-dir`, else `$OOD_DATA_DIR`, else `assets/data`), makes the seeded splits of the
 //! open-set protocol (known classes for training and validation, unknown classes for testing),
-//! corrupts images for the denoiser (Gaussian noise plus an occluding square), makes the
+//! corrupts images for the denoiser (Gaussian noise plus an occluding square), warps training
+//! images a little for augmentation (rotation, scale, shift), makes the
 //! synthetic-OOD transforms used in calibration (rotations, heavy occlusion), and cuts sets into
 //! seeded mini-batches of candle tensors.
 //!
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod atomic;
+pub mod augment;
 pub mod batch;
 pub mod hub;
 pub mod idx;

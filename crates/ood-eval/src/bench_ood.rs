@@ -1,7 +1,7 @@
 //! The OOD benchmark: every detector, measured the same way, on near, far and synthetic OOD
 //! sets against the known test digits.
 
-use crate::calibration::{synthesize_ood, Calibration};
+use crate::calibration::{samples, synthesize_ood, Calibration};
 use crate::odin::{perturbed_logits, OdinConfig};
 use crate::scoring::{score_images, ScoredSet};
 use crate::{EvalError, Result};
@@ -10,7 +10,7 @@ use ood_calibrate::detectors::{
     standard_detectors, Combined, Detector, Energy, Fused, Knn, Mahalanobis, Msp, Reconstruction,
     Samples, TemperatureMsp,
 };
-use ood_calibrate::{ood_metrics, OodMetrics};
+use ood_calibrate::{ood_metrics, OodMetrics, PValueCombination};
 use ood_data::batch::{stream_rng, to_unit_f32};
 use ood_data::noise::OodTransform;
 use ood_data::LabeledImages;
@@ -120,16 +120,6 @@ pub struct BenchResult {
     pub seconds: f64,
 }
 
-fn samples(s: &ScoredSet) -> Result<Samples<'_>> {
-    Ok(Samples::new(
-        &s.logits,
-        &s.features,
-        &s.recon_error,
-        s.num_classes,
-        s.feature_dim,
-    )?)
-}
-
 /// Runs every detector. `fit` are known-class training images (for Mahalanobis and KNN),
 /// `validation` the calibration hold-out (for the fused detector), `known_test` the
 /// in-distribution test set.
@@ -213,6 +203,11 @@ pub fn bench_ood(
     fused.fit(&fit_samples, &fit_labels)?;
     fused.fit_fused(&samples(&calib_id)?, &samples(&calib_ood)?)?;
     detectors.push(Box::new(fused));
+    // The default score: fitted on training images, referenced to the held-out digits.
+    let mut default_score = PValueCombination::energy_mahalanobis();
+    default_score.fit(&fit_samples, &fit_labels)?;
+    default_score.fit_reference(&samples(&calib_id)?)?;
+    detectors.push(Box::new(default_score));
 
     let mut rows = Vec::new();
     let id_samples = samples(&id)?;

@@ -1,11 +1,22 @@
-//! The calibration stage (report, section 3.4): thresholds from held-out digits and synthetic
-//! OOD that the decoder makes from rotated or heavily occluded digits. No test image is used.
+//! The calibration stage. Two rules come out of it, and the calibration says which one
+//! `predict` and `evaluate` apply ([`Decision`]):
+//!
+//! * the **acceptance rule** (the default): one score, the min-p combination of energy and
+//!   Mahalanobis p-values against the held-out digits, fitted on training images and held-out
+//!   digits only, with its threshold set so that a chosen fraction of held-out digits (by
+//!   default 99%) is accepted. Synthetic OOD only validates it;
+//! * the **report's rule** (section 3.4): a max-softmax threshold chosen on held-out digits and
+//!   synthetic OOD that the decoder makes from rotated or heavily occluded digits, plus a
+//!   reconstruction-error limit.
+//!
+//! No test image is used.
 
 use crate::scoring::{score_images, ScoredSet};
 use crate::{EvalError, Result};
 use candle_core::Device;
 use ood_calibrate::{
-    auroc, roc_curve, CombinedRule, DetectionStats, RocPoint, Threshold, ThresholdRule,
+    auroc, roc_curve, threshold_at_id_acceptance, CombinedRule, DetectionStats, Detector,
+    Explained, PValueCombination, RocPoint, Samples, Threshold, ThresholdRule,
 };
 use ood_data::batch::{stream_rng, to_unit_f32};
 use ood_data::noise::{corrupt_batch, OodTransform};
@@ -18,8 +29,22 @@ use std::path::{Path, PathBuf};
 pub const CALIBRATION_FILE: &str = "calibration.json";
 
 const SYNTH_NOISE_STREAM: u64 = 10;
-const ID_SCORE_STREAM: u64 = 11;
+pub(crate) const ID_SCORE_STREAM: u64 = 11;
 const OOD_SCORE_STREAM: u64 = 12;
+const FIT_SCORE_STREAM: u64 = 13;
+
+/// Which rule `predict` and `evaluate` apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// The report's rule: max softmax below its threshold or reconstruction error above its.
+    /// (The default of calibration files written before the acceptance rule existed.)
+    #[default]
+    Report,
+    /// The acceptance rule: the default score above the threshold that accepts the chosen
+    /// fraction of held-out digits.
+    Accept,
+}
 
 /// How to calibrate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +56,23 @@ pub struct CalibrationConfig {
     /// Fraction of held-out digits the reconstruction test alone must accept.
     pub recon_id_acceptance: f64,
     pub batch_size: usize,
+    /// The rule in force.
+    #[serde(default)]
+    pub decision: Decision,
+    /// Fraction of held-out digits the acceptance rule accepts.
+    #[serde(default = "default_accept")]
+    pub accept: f64,
+    /// Training images the feature detector (Mahalanobis) is fitted on.
+    #[serde(default = "default_fit_limit")]
+    pub fit_limit: usize,
+}
+
+fn default_accept() -> f64 {
+    0.99
+}
+
+fn default_fit_limit() -> usize {
+    20_000
 }
 
 impl Default for CalibrationConfig {
@@ -40,6 +82,9 @@ impl Default for CalibrationConfig {
             use_reconstruction: true,
             recon_id_acceptance: 0.99,
             batch_size: 500,
+            decision: Decision::Accept,
+            accept: default_accept(),
+            fit_limit: default_fit_limit(),
         }
     }
 }
@@ -65,6 +110,190 @@ pub struct Calibration {
     /// The transforms that made the synthetic OOD, in turn over the held-out digits.
     pub ood_transforms: Vec<String>,
     pub producer: String,
+    /// The acceptance rule (absent from calibrations made before it existed).
+    #[serde(default)]
+    pub accept_rule: Option<AcceptRule>,
+}
+
+/// The acceptance rule: OOD when the default score exceeds the threshold that accepts the
+/// fraction `accept` of the held-out digits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcceptRule {
+    /// The fraction of held-out digits asked to be accepted.
+    pub accept: f64,
+    /// The score, fitted on training images and referenced to the held-out digits.
+    pub score: PValueCombination,
+    /// OOD when the score is above it.
+    pub threshold: f64,
+    /// The fraction of held-out digits it accepts (at least `accept`; more on ties).
+    pub held_out_accepted: f64,
+    /// The fraction of the synthetic OOD it flags: a check, not used to fit anything.
+    pub synthetic_flagged: f64,
+    /// AUROC of the score on the calibration set (held-out digits against synthetic OOD).
+    pub synthetic_auroc: f64,
+    /// Training images the score's feature detector was fitted on.
+    pub n_fit: usize,
+}
+
+impl AcceptRule {
+    /// Fits the default score on `fit` (training images and their class indices), references
+    /// it to the held-out digits and sets its threshold on them alone.
+    pub fn fit(
+        fit: &ScoredSet,
+        fit_labels: &[usize],
+        held_out: &ScoredSet,
+        synthetic: &ScoredSet,
+        accept: f64,
+    ) -> Result<Self> {
+        let mut score = PValueCombination::energy_mahalanobis();
+        score.fit(&samples(fit)?, fit_labels)?;
+        score.fit_reference(&samples(held_out)?)?;
+        let id = score.score(&samples(held_out)?)?;
+        let ood = score.score(&samples(synthetic)?)?;
+        let threshold = threshold_at_id_acceptance(&id, accept)?;
+        let share = |s: &[f64], flagged: bool| {
+            s.iter().filter(|&&x| (x > threshold) == flagged).count() as f64
+                / s.len().max(1) as f64
+        };
+        Ok(Self {
+            accept,
+            threshold,
+            held_out_accepted: share(&id, false),
+            synthetic_flagged: share(&ood, true),
+            synthetic_auroc: auroc(&id, &ood)?,
+            n_fit: fit.len(),
+            score,
+        })
+    }
+
+    /// The score of every image of a set.
+    pub fn scores(&self, set: &ScoredSet) -> Result<Vec<f64>> {
+        Ok(self.score.score(&samples(set)?)?)
+    }
+
+    /// The score of every image with its parts (each member's raw score and p-value).
+    pub fn explain(&self, set: &ScoredSet) -> Result<Vec<Explained>> {
+        Ok(self.score.explain(&samples(set)?)?)
+    }
+}
+
+/// A scored set as the detectors take it.
+pub fn samples(s: &ScoredSet) -> Result<Samples<'_>> {
+    Ok(Samples::new(
+        &s.logits,
+        &s.features,
+        &s.recon_error,
+        s.num_classes,
+        s.feature_dim,
+    )?)
+}
+
+impl Calibration {
+    /// The rule in force, in words.
+    pub fn describe(&self) -> String {
+        match (self.config.decision, &self.accept_rule) {
+            (Decision::Accept, Some(a)) => format!(
+                "OOD when {} > {:.4} (accepts {:.2}% of held-out digits)",
+                a.score.name(),
+                a.threshold,
+                100.0 * a.held_out_accepted
+            ),
+            _ => {
+                let recon = self
+                    .rule
+                    .recon_threshold
+                    .map_or("off".into(), |t| format!("> {t:.5}"));
+                format!(
+                    "OOD when max softmax < {:.4} or reconstruction error {recon} (the report's rule)",
+                    self.rule.msp_threshold
+                )
+            }
+        }
+    }
+
+    /// Which images of a set the rule in force flags as OOD.
+    pub fn flags(&self, set: &ScoredSet) -> Result<Vec<bool>> {
+        Ok(self.explain(set)?.into_iter().map(|d| d.unknown).collect())
+    }
+
+    /// The decision on every image of a set, with what it rests on: each value the rule
+    /// looks at, with its threshold or p-value.
+    pub fn explain(&self, set: &ScoredSet) -> Result<Vec<DecisionDetail>> {
+        match (self.config.decision, &self.accept_rule) {
+            (Decision::Accept, Some(a)) => Ok(a
+                .explain(set)?
+                .into_iter()
+                .map(|e| DecisionDetail {
+                    unknown: e.score > a.threshold,
+                    parts: std::iter::once(Part {
+                        name: a.score.name(),
+                        value: e.score,
+                        threshold: Some(a.threshold),
+                        flagged_above: true,
+                        p_value: None,
+                    })
+                    .chain(e.members.into_iter().map(|(name, value, p)| Part {
+                        name,
+                        value,
+                        threshold: None,
+                        flagged_above: true,
+                        p_value: Some(p),
+                    }))
+                    .collect(),
+                })
+                .collect()),
+            (Decision::Accept, None) => Err(EvalError::Calibration(format!(
+                "the calibration of {} asks for the acceptance rule but holds none: calibrate again",
+                self.checkpoint_file
+            ))),
+            (Decision::Report, _) => Ok(set
+                .msp
+                .iter()
+                .zip(&set.recon_error)
+                .map(|(&m, &e)| DecisionDetail {
+                    unknown: self.rule.is_ood(m, e),
+                    parts: vec![
+                        Part {
+                            name: "max softmax".into(),
+                            value: m,
+                            threshold: Some(self.rule.msp_threshold),
+                            flagged_above: false,
+                            p_value: None,
+                        },
+                        Part {
+                            name: "reconstruction error".into(),
+                            value: e,
+                            threshold: self.rule.recon_threshold,
+                            flagged_above: true,
+                            p_value: None,
+                        },
+                    ],
+                })
+                .collect()),
+        }
+    }
+}
+
+/// One decision and what it rests on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionDetail {
+    /// Flagged as OOD.
+    pub unknown: bool,
+    /// The rule's score first (acceptance rule) or its two tests (report's rule).
+    pub parts: Vec<Part>,
+}
+
+/// A value a decision looks at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    pub name: String,
+    pub value: f64,
+    /// The threshold the value is compared with, when it is compared with one.
+    pub threshold: Option<f64>,
+    /// Whether values above the threshold (else below) count as OOD.
+    pub flagged_above: bool,
+    /// The p-value against the held-out digits, for a member of the default score.
+    pub p_value: Option<f64>,
 }
 
 /// The calibration set's scores, kept for figures.
@@ -107,11 +336,13 @@ pub fn thin<T: Clone>(points: &[T], max: usize) -> Vec<T> {
         .collect()
 }
 
-/// Calibrates `net` on the validation hold-out of its training split.
+/// Calibrates `net` on the validation hold-out of its training split; `fit` are training
+/// images of the known classes (the first `config.fit_limit` are used).
 #[allow(clippy::too_many_arguments)]
 pub fn calibrate(
     net: &OodNet,
     train: &TrainConfig,
+    fit: &ood_data::LabeledImages,
     validation: &ood_data::LabeledImages,
     checkpoint: &Path,
     config: &CalibrationConfig,
@@ -145,6 +376,27 @@ pub fn calibrate(
         config.batch_size,
         device,
     )?;
+    let classes = train.classes();
+    let fit = fit.clone().truncated(Some(config.fit_limit));
+    let fit_labels = fit
+        .labels
+        .iter()
+        .map(|&l| {
+            classes.class_index(l).ok_or_else(|| {
+                EvalError::Calibration(format!("fit image label {l} is not a known class"))
+            })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let fit_set = score_images(
+        net,
+        &to_unit_f32(&fit),
+        &train.noise,
+        train.seed,
+        FIT_SCORE_STREAM,
+        config.batch_size,
+        device,
+    )?;
+    let accept_rule = AcceptRule::fit(&fit_set, &fit_labels, &id, &ood, config.accept)?;
     let use_recon = config.use_reconstruction && train.train_decoder;
     let rule = CombinedRule::calibrate(
         &id.msp,
@@ -173,6 +425,7 @@ pub fn calibrate(
         n_synthetic_ood: ood.len(),
         ood_transforms: transforms.iter().map(|t| t.name()).collect(),
         producer: concat!("candle-ood ", env!("CARGO_PKG_VERSION")).to_string(),
+        accept_rule: Some(accept_rule),
     };
     Ok((
         calibration,

@@ -5,7 +5,9 @@ use crate::calibration::Calibration;
 use crate::scoring::{score_images, ScoredSet};
 use crate::Result;
 use candle_core::Device;
-use ood_calibrate::{confusion_matrix, ood_metrics, oscr, OodMetrics};
+use ood_calibrate::{
+    confusion_matrix, ood_metrics, oscr, threshold_at_id_acceptance, Detector, OodMetrics,
+};
 use ood_data::batch::to_unit_f32;
 use ood_data::{ClassSpec, LabeledImages};
 use ood_model::OodNet;
@@ -16,6 +18,34 @@ const KNOWN_STREAM: u64 = 20;
 const UNKNOWN_STREAM: u64 = 21;
 const FAR_STREAM: u64 = 22;
 
+/// The acceptances of held-out digits the trade-off curves are drawn at.
+pub const TRADE_OFF_ACCEPTANCES: [f64; 17] = [
+    0.80, 0.85, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.9925, 0.995, 0.9975,
+    0.999, 0.9995, 1.0,
+];
+
+/// The acceptances of the operating-point table.
+pub const TABLE_ACCEPTANCES: [f64; 3] = [0.98, 0.99, 0.995];
+
+/// One score with its threshold set to accept a fraction of the held-out digits, on the test
+/// sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatingPoint {
+    pub score: String,
+    /// The fraction of held-out digits the threshold accepts (asked for).
+    pub accept: f64,
+    /// OOD when the score is above it.
+    pub threshold: f64,
+    /// Known test digits accepted, right or wrong.
+    pub known_accepted: f64,
+    /// Known test digits accepted and classified right.
+    pub known_accepted_right: f64,
+    /// Unknown test digits caught.
+    pub unknown_caught: f64,
+    /// Each far-OOD set's name and the fraction of it caught.
+    pub far_caught: Vec<(String, f64)>,
+}
+
 /// Detection metrics of one OOD set against the known test digits, per score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OodSetMetrics {
@@ -24,12 +54,18 @@ pub struct OodSetMetrics {
     pub flagged: f64,
     pub msp: OodMetrics,
     pub reconstruction: OodMetrics,
+    /// The default score, its members and any other score compared, by name.
+    #[serde(default)]
+    pub scores: Vec<(String, OodMetrics)>,
 }
 
 /// Everything `ood evaluate` measures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub checkpoint_sha256: String,
+    /// The rule applied, in words.
+    #[serde(default)]
+    pub decision: String,
     pub known_classes: Vec<u8>,
     pub unknown_classes: Vec<u8>,
     pub n_known: usize,
@@ -53,6 +89,30 @@ pub struct Evaluation {
     /// label. Labels are `confusion_labels`.
     pub confusion_labels: Vec<u8>,
     pub confusion: Vec<Vec<usize>>,
+    /// Every compared score at every acceptance of [`TRADE_OFF_ACCEPTANCES`], thresholds from
+    /// held-out digits alone.
+    #[serde(default)]
+    pub operating_points: Vec<OperatingPoint>,
+}
+
+impl Evaluation {
+    /// The operating point of `score` at acceptance `accept`, if measured.
+    pub fn operating_point(&self, score: &str, accept: f64) -> Option<&OperatingPoint> {
+        self.operating_points
+            .iter()
+            .find(|p| p.score == score && (p.accept - accept).abs() < 1e-12)
+    }
+
+    /// The names of the compared scores, in order.
+    pub fn score_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for p in &self.operating_points {
+            if !names.contains(&p.score.as_str()) {
+                names.push(&p.score);
+            }
+        }
+        names
+    }
 }
 
 /// The scored test sets, kept for figures.
@@ -64,38 +124,99 @@ pub struct EvaluationSets {
     pub far: Vec<(String, ScoredSet)>,
 }
 
-fn flagged(calibration: &Calibration, set: &ScoredSet) -> Vec<bool> {
-    set.msp
-        .iter()
-        .zip(&set.recon_error)
-        .map(|(&m, &e)| calibration.rule.is_ood(m, e))
-        .collect()
-}
-
 fn fraction(flags: &[bool]) -> f64 {
     flags.iter().filter(|&&f| f).count() as f64 / flags.len().max(1) as f64
+}
+
+/// The scores compared, per image of a set, as (name, OOD scores): MSP, then, when the
+/// calibration has the acceptance rule, each member of its score and the score itself.
+pub fn score_columns(calibration: &Calibration, set: &ScoredSet) -> Result<Vec<(String, Vec<f64>)>> {
+    let mut columns = vec![("MSP".to_string(), set.msp_ood_score())];
+    if let Some(rule) = &calibration.accept_rule {
+        let explained = rule.explain(set)?;
+        for (m, member) in rule.score.members().iter().enumerate() {
+            columns.push((
+                member.detector().name(),
+                explained.iter().map(|e| e.members[m].1).collect(),
+            ));
+        }
+        columns.push((
+            rule.score.name(),
+            explained.iter().map(|e| e.score).collect(),
+        ));
+    }
+    Ok(columns)
 }
 
 fn set_metrics(
     name: &str,
     calibration: &Calibration,
     known: &ScoredSet,
+    known_columns: &[(String, Vec<f64>)],
     ood: &ScoredSet,
 ) -> Result<OodSetMetrics> {
+    let ood_columns = score_columns(calibration, ood)?;
     Ok(OodSetMetrics {
         name: name.to_string(),
-        flagged: fraction(&flagged(calibration, ood)),
+        flagged: fraction(&calibration.flags(ood)?),
         msp: ood_metrics(&known.msp_ood_score(), &ood.msp_ood_score())?,
         reconstruction: ood_metrics(&known.recon_error, &ood.recon_error)?,
+        scores: known_columns
+            .iter()
+            .zip(&ood_columns)
+            .skip(1) // MSP has its own field
+            .map(|((name, k), (_, o))| Ok((name.clone(), ood_metrics(k, o)?)))
+            .collect::<Result<_>>()?,
     })
 }
 
-/// Evaluates on the known and unknown test digits and on any `far` sets.
+/// Every score at every acceptance of [`TRADE_OFF_ACCEPTANCES`]: the threshold from the
+/// held-out digits' scores, the rates on the test sets.
+fn operating_points(
+    held_out: &[(String, Vec<f64>)],
+    known: &[(String, Vec<f64>)],
+    correct: &[bool],
+    unknown: &[(String, Vec<f64>)],
+    far: &[(String, Vec<(String, Vec<f64>)>)],
+) -> Result<Vec<OperatingPoint>> {
+    let share = |scores: &[f64], t: f64| {
+        scores.iter().filter(|&&s| s > t).count() as f64 / scores.len().max(1) as f64
+    };
+    let mut points = Vec::new();
+    for (c, (name, held)) in held_out.iter().enumerate() {
+        for &accept in &TRADE_OFF_ACCEPTANCES {
+            let t = threshold_at_id_acceptance(held, accept)?;
+            let k = &known[c].1;
+            let right = k
+                .iter()
+                .zip(correct)
+                .filter(|(&s, &ok)| ok && s <= t)
+                .count();
+            points.push(OperatingPoint {
+                score: name.clone(),
+                accept,
+                threshold: t,
+                known_accepted: 1.0 - share(k, t),
+                known_accepted_right: right as f64 / k.len().max(1) as f64,
+                unknown_caught: share(&unknown[c].1, t),
+                far_caught: far
+                    .iter()
+                    .map(|(set, columns)| (set.clone(), share(&columns[c].1, t)))
+                    .collect(),
+            });
+        }
+    }
+    Ok(points)
+}
+
+/// Evaluates on the known and unknown test digits and on any `far` sets; `held_out` are the
+/// calibration's held-out digits, from which the operating points' thresholds are set.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     net: &OodNet,
     train: &TrainConfig,
     calibration: &Calibration,
+    held_out: &LabeledImages,
     test_known: &LabeledImages,
     test_unknown: &LabeledImages,
     far: &[(String, LabeledImages)],
@@ -131,8 +252,8 @@ pub fn evaluate(
         .zip(&truth)
         .map(|(p, t)| p == t)
         .collect();
-    let known_flags = flagged(calibration, &known);
-    let unknown_flags = flagged(calibration, &unknown);
+    let known_flags = calibration.flags(&known)?;
+    let unknown_flags = calibration.flags(&unknown)?;
     let accepted_correct = correct
         .iter()
         .zip(&known_flags)
@@ -168,15 +289,28 @@ pub fn evaluate(
         .filter(|(t, p)| t == p)
         .count();
 
+    let known_columns = score_columns(calibration, &known)?;
     let mut far_metrics = Vec::new();
     let mut far_sets = Vec::new();
+    let mut far_columns = Vec::new();
     for (i, (name, data)) in far.iter().enumerate() {
         let set = score(data, FAR_STREAM + i as u64)?;
-        far_metrics.push(set_metrics(name, calibration, &known, &set)?);
+        far_metrics.push(set_metrics(name, calibration, &known, &known_columns, &set)?);
+        far_columns.push((name.clone(), score_columns(calibration, &set)?));
         far_sets.push((name.clone(), set));
     }
+    // The same noise stream as the calibration's held-out scores.
+    let held = score(held_out, crate::calibration::ID_SCORE_STREAM)?;
+    let points = operating_points(
+        &score_columns(calibration, &held)?,
+        &known_columns,
+        &correct,
+        &score_columns(calibration, &unknown)?,
+        &far_columns,
+    )?;
     let evaluation = Evaluation {
         checkpoint_sha256: calibration.checkpoint_sha256.clone(),
+        decision: calibration.describe(),
         known_classes: classes.known.clone(),
         unknown_classes: classes.unknown.clone(),
         n_known: known.len(),
@@ -191,11 +325,13 @@ pub fn evaluate(
             &format!("unknown digits {:?}", classes.unknown),
             calibration,
             &known,
+            &known_columns,
             &unknown,
         )?,
         far: far_metrics,
         confusion_labels: labels,
         confusion,
+        operating_points: points,
     };
     let sets = EvaluationSets {
         known,
@@ -205,4 +341,39 @@ pub fn evaluate(
         far: far_sets,
     };
     Ok((evaluation, sets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(values: &[f64]) -> Vec<(String, Vec<f64>)> {
+        vec![("S".to_string(), values.to_vec())]
+    }
+
+    #[test]
+    fn operating_points_by_hand() {
+        // Held-out scores 1..4: accepting 75% puts the threshold at 3 (flagged when > 3).
+        let points = operating_points(
+            &column(&[4.0, 1.0, 3.0, 2.0]),
+            &column(&[1.0, 5.0, 2.0, 3.0]),
+            &[true, true, false, true],
+            &column(&[4.0, 5.0, 0.0]),
+            &[("far".to_string(), column(&[3.0, 3.5]))],
+        )
+        .unwrap();
+        assert_eq!(points.len(), TRADE_OFF_ACCEPTANCES.len());
+        let at = |a: f64| points.iter().find(|p| (p.accept - a).abs() < 1e-12).unwrap();
+        // 0.80 of 4 needs 4 (3.2 rounded up): the threshold is the largest held-out score.
+        assert_eq!(at(0.80).threshold, 4.0);
+        let p = at(1.0);
+        assert_eq!(p.threshold, 4.0);
+        // Known 1, 2, 3 accepted (5 is flagged); of them 1 and 3 are classified right.
+        assert_eq!(p.known_accepted, 0.75);
+        assert_eq!(p.known_accepted_right, 0.5);
+        // Unknown: only 5 is above 4.
+        assert!((p.unknown_caught - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(p.far_caught, vec![("far".to_string(), 0.0)]);
+        assert_eq!(p.score, "S");
+    }
 }

@@ -33,10 +33,10 @@ pub mod report;
 pub mod scoring;
 
 pub use calibration::{
-    calibrate, read_calibration, write_calibration, Calibration, CalibrationConfig,
-    CALIBRATION_FILE,
+    calibrate, read_calibration, write_calibration, AcceptRule, Calibration, CalibrationConfig,
+    Decision, CALIBRATION_FILE,
 };
-pub use evaluation::{evaluate, Evaluation};
+pub use evaluation::{evaluate, Evaluation, OperatingPoint};
 pub use scoring::{score_images, ScoredSet};
 
 use candle_core::Device;

@@ -320,31 +320,120 @@ fn draw_legend<'a, 'b: 'a, X: Ranged, Y: Ranged>(
 /// Draws ROC curves: one line per series, the chance diagonal, a dot at each chosen operating
 /// point, and a legend "label (AUROC 0.987)".
 pub fn roc_curves(path: &Path, title: &str, curves: &[RocSeries]) -> Result<(), PlotError> {
+    let lines: Vec<Line<'_>> = curves
+        .iter()
+        .map(|c| Line {
+            legend: format!("{} (AUROC {})", c.label, number(c.auroc)),
+            points: &c.points,
+            marker: c.marker,
+        })
+        .collect();
+    let axes = Axes {
+        x_desc: "false positive rate",
+        y_desc: "true positive rate",
+        x_range: (-0.005, 1.005),
+        y_range: (-0.005, 1.005),
+        diagonal: true,
+        legend: SeriesLabelPosition::LowerRight,
+    };
+    line_chart(path, title, &axes, &lines, "no ROC curves")
+}
+
+/// One curve of [`trade_off_curves`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TradeOffSeries {
+    /// The score's name, in the legend.
+    pub label: String,
+    /// (valid digits accepted and right, unknown caught) at each acceptance of held-out digits.
+    pub points: Vec<(f64, f64)>,
+    /// The operating point in force, drawn as a dot.
+    pub marker: Option<(f64, f64)>,
+}
+
+/// Draws the decision's trade-off: for each score, the share of unknown inputs caught against
+/// the share of valid digits accepted and classified right, as the threshold moves; the x axis
+/// starts at `x_min`.
+pub fn trade_off_curves(
+    path: &Path,
+    title: &str,
+    x_min: f64,
+    curves: &[TradeOffSeries],
+) -> Result<(), PlotError> {
+    let lines: Vec<Line<'_>> = curves
+        .iter()
+        .map(|c| Line {
+            legend: c.label.clone(),
+            points: &c.points,
+            marker: c.marker,
+        })
+        .collect();
+    let axes = Axes {
+        x_desc: "valid digits accepted and right",
+        y_desc: "unknown caught",
+        x_range: (x_min, 1.002),
+        y_range: (-0.005, 1.005),
+        diagonal: false,
+        legend: SeriesLabelPosition::LowerLeft,
+    };
+    line_chart(path, title, &axes, &lines, "no curves")
+}
+
+/// The axes of a [`line_chart`].
+struct Axes {
+    x_desc: &'static str,
+    y_desc: &'static str,
+    x_range: (f64, f64),
+    y_range: (f64, f64),
+    /// Draw the dashed chance diagonal.
+    diagonal: bool,
+    legend: SeriesLabelPosition,
+}
+
+/// One line of a [`line_chart`].
+struct Line<'a> {
+    legend: String,
+    points: &'a [(f64, f64)],
+    marker: Option<(f64, f64)>,
+}
+
+/// Lines in their colours with a dot at each marker and a legend; `empty` is said when there
+/// are none.
+fn line_chart(
+    path: &Path,
+    title: &str,
+    axes: &Axes,
+    lines: &[Line<'_>],
+    empty: &str,
+) -> Result<(), PlotError> {
     render(path, CHART_SIZE, |root| {
-        let mut chart = chart_frame(root, title, 65)
-            .build_cartesian_2d(-0.005f64..1.005f64, -0.005f64..1.005f64)?;
+        let mut chart = chart_frame(root, title, 65).build_cartesian_2d(
+            axes.x_range.0..axes.x_range.1,
+            axes.y_range.0..axes.y_range.1,
+        )?;
         chart
             .configure_mesh()
-            .x_desc("false positive rate")
-            .y_desc("true positive rate")
+            .x_desc(axes.x_desc)
+            .y_desc(axes.y_desc)
             .axis_desc_style(font(AXIS_DESC_SIZE))
             .label_style(font(LABEL_SIZE))
             .x_label_formatter(&|x| tick(*x))
             .y_label_formatter(&|y| tick(*y))
             .light_line_style(full_palette::GREY_100)
             .draw()?;
-        chart.draw_series(DashedLineSeries::new(
-            vec![(0.0, 0.0), (1.0, 1.0)],
-            6,
-            6,
-            full_palette::GREY_500.stroke_width(1),
-        ))?;
-        if curves.is_empty() {
-            return draw_note(root, "no ROC curves");
+        if axes.diagonal {
+            chart.draw_series(DashedLineSeries::new(
+                vec![(0.0, 0.0), (1.0, 1.0)],
+                6,
+                6,
+                full_palette::GREY_500.stroke_width(1),
+            ))?;
         }
-        for (i, curve) in curves.iter().enumerate() {
+        if lines.is_empty() {
+            return draw_note(root, empty);
+        }
+        for (i, line) in lines.iter().enumerate() {
             let c = color(i);
-            let points: Vec<(f64, f64)> = curve
+            let points: Vec<(f64, f64)> = line
                 .points
                 .iter()
                 .copied()
@@ -352,20 +441,20 @@ pub fn roc_curves(path: &Path, title: &str, curves: &[RocSeries]) -> Result<(), 
                 .collect();
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))?
-                .label(format!("{} (AUROC {})", curve.label, number(curve.auroc)))
+                .label(line.legend.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
                 });
         }
-        for (i, curve) in curves.iter().enumerate() {
-            if let Some((x, y)) = curve.marker.filter(|(x, y)| x.is_finite() && y.is_finite()) {
+        for (i, line) in lines.iter().enumerate() {
+            if let Some((x, y)) = line.marker.filter(|(x, y)| x.is_finite() && y.is_finite()) {
                 chart.draw_series([
                     Circle::new((x, y), 6, color(i).filled()),
                     Circle::new((x, y), 6, BLACK.stroke_width(1)),
                 ])?;
             }
         }
-        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
+        draw_legend(&mut chart, axes.legend.clone())
     })
 }
 

@@ -1,8 +1,8 @@
 //! The report folder: `report.md`, `metrics.json` and the figures of the source report.
 
 use crate::calibration::{thin, Calibration, CalibrationSet};
-use crate::evaluation::{Evaluation, EvaluationSets};
-use crate::plots::{self, HistGroup, ImageRow, RocSeries};
+use crate::evaluation::{Evaluation, EvaluationSets, TABLE_ACCEPTANCES, TRADE_OFF_ACCEPTANCES};
+use crate::plots::{self, HistGroup, ImageRow, RocSeries, TradeOffSeries};
 use crate::scoring::ScoredSet;
 use crate::{EvalError, Result};
 use ood_calibrate::roc_curve;
@@ -160,6 +160,7 @@ pub fn write_report(
         "ROC on the test set (OOD positive)",
         &curves,
     )?;
+    trade_off_figure(&dir.join("trade_off.png"), calibration, evaluation)?;
     // Fig. 4: max-softmax histograms.
     let mut groups = vec![
         HistGroup {
@@ -283,11 +284,98 @@ pub fn write_report(
         .map_err(|e| EvalError::Io(dir.join("report.md"), e))
 }
 
+/// The trade-off figure: unknown caught against valid digits accepted and right, one curve per
+/// score as its held-out acceptance moves, a dot at the operating point in force.
+fn trade_off_figure(path: &Path, calibration: &Calibration, e: &Evaluation) -> Result<()> {
+    let in_force = calibration
+        .accept_rule
+        .as_ref()
+        .filter(|_| calibration.config.decision == crate::calibration::Decision::Accept);
+    let curves: Vec<TradeOffSeries> = e
+        .score_names()
+        .into_iter()
+        .map(|name| {
+            let points: Vec<(f64, f64)> = TRADE_OFF_ACCEPTANCES
+                .iter()
+                .filter_map(|&a| e.operating_point(name, a))
+                .map(|p| (p.known_accepted_right, p.unknown_caught))
+                .collect();
+            let marker = in_force
+                .filter(|a| ood_calibrate::Detector::name(&a.score) == name)
+                .map(|_| (e.known_accuracy, e.unknown_detection));
+            TradeOffSeries {
+                label: name.to_string(),
+                points,
+                marker,
+            }
+        })
+        .collect();
+    let x_min = e
+        .operating_points
+        .iter()
+        .filter(|p| p.accept >= 0.95)
+        .map(|p| p.known_accepted_right)
+        .fold(1.0f64, f64::min)
+        .min(0.95)
+        - 0.005;
+    plots::trade_off_curves(
+        path,
+        &format!(
+            "Unknown {:?} caught against valid digits accepted and right",
+            e.unknown_classes
+        ),
+        x_min,
+        &curves,
+    )?;
+    Ok(())
+}
+
+/// Each score at the acceptances of [`TABLE_ACCEPTANCES`], thresholds from held-out digits.
+pub fn operating_table(e: &Evaluation) -> String {
+    let mut s = String::new();
+    let far: Vec<&str> = e
+        .operating_points
+        .first()
+        .map(|p| p.far_caught.iter().map(|(n, _)| n.as_str()).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "| score | held-out digits accepted | threshold | valid accepted | valid accepted and right | unknown {:?} caught |{}\n|---|---|---|---|---|---|{}",
+        e.unknown_classes,
+        far.iter().map(|n| format!(" {n} caught |")).collect::<String>(),
+        "---|".repeat(far.len())
+    );
+    for name in e.score_names() {
+        for &a in &TABLE_ACCEPTANCES {
+            let Some(p) = e.operating_point(name, a) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {:.4} | {} | {} | {} |{}",
+                pct(a),
+                p.threshold,
+                pct(p.known_accepted),
+                pct(p.known_accepted_right),
+                pct(p.unknown_caught),
+                p.far_caught
+                    .iter()
+                    .map(|(_, v)| format!(" {} |", pct(*v)))
+                    .collect::<String>()
+            );
+        }
+    }
+    s
+}
+
 /// The headline table as Markdown (also what `ood evaluate` prints).
 pub fn summary_table(evaluation: &Evaluation) -> String {
     let e = evaluation;
     let mut s = String::new();
     let u = format!("{:?}", e.unknown_classes);
+    if !e.decision.is_empty() {
+        let _ = writeln!(s, "Rule: {}.\n", e.decision);
+    }
     let _ = writeln!(s, "| metric | value |\n|---|---|");
     let rows = [
         (
@@ -314,10 +402,13 @@ pub fn summary_table(evaluation: &Evaluation) -> String {
     }
     let _ = writeln!(s, "\n| OOD set | score | AUROC | FPR@95%TPR | AUPR-in | AUPR-out | flagged by rule |\n|---|---|---|---|---|---|---|");
     for m in std::iter::once(&e.near).chain(&e.far) {
-        for (score, o) in [
+        let scores = [
             ("max softmax", &m.msp),
             ("reconstruction", &m.reconstruction),
-        ] {
+        ]
+        .into_iter()
+        .chain(m.scores.iter().map(|(n, o)| (n.as_str(), o)));
+        for (score, o) in scores {
             let _ = writeln!(
                 s,
                 "| {} | {score} | {:.4} | {} | {:.4} | {:.4} | {} |",
@@ -351,9 +442,21 @@ fn markdown(checkpoint: &Path, c: &Calibration, e: &Evaluation) -> String {
         .rule
         .recon_threshold
         .map_or("off".to_string(), |t| format!("> {t:.5}"));
+    let _ = writeln!(s, "Rule in force: {}.\n", c.describe());
+    if let Some(a) = &c.accept_rule {
+        let _ = writeln!(
+            s,
+            "Acceptance rule: the score is fitted on {} training images and referenced to the {} held-out digits; its threshold accepts {} of them. It flags {} of the synthetic OOD (AUROC {:.4}), which it was not fitted on.\n",
+            a.n_fit,
+            c.n_in_distribution,
+            pct(a.held_out_accepted),
+            pct(a.synthetic_flagged),
+            a.synthetic_auroc
+        );
+    }
     let _ = writeln!(
         s,
-        "Rule (calibrated on {} held-out digits and {} synthetic OOD images made from {}): OOD when max softmax < {:.4} or reconstruction error {recon}. Calibration-set AUROC: max softmax {:.4}, reconstruction {:.4}.\n",
+        "The report's rule (calibrated on {} held-out digits and {} synthetic OOD images made from {}): OOD when max softmax < {:.4} or reconstruction error {recon}. Calibration-set AUROC: max softmax {:.4}, reconstruction {:.4}.\n",
         c.n_in_distribution,
         c.n_synthetic_ood,
         c.ood_transforms.join(", "),
@@ -362,6 +465,11 @@ fn markdown(checkpoint: &Path, c: &Calibration, e: &Evaluation) -> String {
         c.auroc_recon
     );
     s.push_str(&summary_table(e));
+    let _ = writeln!(
+        s,
+        "\n## Operating points (thresholds from held-out digits only)\n\n![trade-off](trade_off.png)\n"
+    );
+    s.push_str(&operating_table(e));
     let ood_as = e
         .unknown_classes
         .first()

@@ -6,6 +6,7 @@ use crate::optim::{AdamW, AdamWConfig, Schedule};
 use crate::{Result, TrainError};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use ood_data::augment::{augment_batch, AugmentConfig};
 use ood_data::batch::{stream_rng, to_unit_f32, Batcher};
 use ood_data::noise::{corrupt_batch, NoiseConfig};
 use ood_data::{ClassSpec, Splits};
@@ -23,6 +24,7 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
 const NOISE_STREAM: u64 = 2;
+const AUGMENT_STREAM: u64 = 3;
 
 /// Every training argument; stored in the checkpoint so that later stages and `--resume`
 /// see exactly what was asked for.
@@ -47,6 +49,10 @@ pub struct TrainConfig {
     pub noise: NoiseConfig,
     /// Train the decoder head (off for the "no decoder" ablation).
     pub train_decoder: bool,
+    /// Warp each training image a little (rotation, scale, shift) before it is used; `None`:
+    /// the images as they are (and what checkpoints from before this option say).
+    #[serde(default)]
+    pub augment: Option<AugmentConfig>,
 }
 
 impl TrainConfig {
@@ -70,6 +76,7 @@ impl TrainConfig {
             loss: LossWeights::default(),
             noise: NoiseConfig::default(),
             train_decoder: true,
+            augment: None,
         })
     }
 
@@ -199,12 +206,18 @@ pub fn train(
         let started = Instant::now();
         let mut sums = Sums::default();
         for b in first_batch..batches {
-            let batch = batcher.batch(&order, b, device)?;
+            let mut batch = batcher.batch(&order, b, device)?;
             let n = batch.class_indices.len();
+            let step_index = (epoch * batches + b) as u64;
+            if let Some(augment) = &config.augment {
+                let mut rng = stream_rng(config.seed, AUGMENT_STREAM, step_index);
+                augment_batch(&mut batch.pixels, side, augment, &mut rng);
+                batch.images = Tensor::from_vec(batch.pixels.clone(), (n, 1, side, side), device)?;
+            }
             let lr = schedule.at(opt.step);
             let (terms, logits) = if config.train_decoder {
                 let mut noised = batch.pixels.clone();
-                let mut rng = stream_rng(config.seed, NOISE_STREAM, (epoch * batches + b) as u64);
+                let mut rng = stream_rng(config.seed, NOISE_STREAM, step_index);
                 corrupt_batch(&mut noised, side, side, &config.noise, &mut rng);
                 let noised = Tensor::from_vec(noised, (n, 1, side, side), device)?;
                 let both = Tensor::cat(&[&batch.images, &noised], 0)?;

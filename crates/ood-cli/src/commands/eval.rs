@@ -1,11 +1,11 @@
 use crate::DataArgs;
 use anyhow::{Context, Result};
-use ood_calibrate::ThresholdRule;
+use ood_calibrate::{Detector as _, ThresholdRule};
 use ood_data::source::{resolve_data_root, FASHION_MNIST};
 use ood_data::{DatasetDir, Split, Splits};
 use ood_eval::calibration::default_calibration_path;
-use ood_eval::report::{summary_table, write_calibration_figures, write_report};
-use ood_eval::{load_model, split_config, CalibrationConfig};
+use ood_eval::report::{operating_table, summary_table, write_calibration_figures, write_report};
+use ood_eval::{load_model, split_config, CalibrationConfig, Decision};
 use ood_model::DeviceChoice;
 use std::path::PathBuf;
 
@@ -18,10 +18,19 @@ pub struct CalibrateArgs {
     /// Where to write the calibration (default: calibration.json beside the checkpoint).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// How to pick the max-softmax threshold: accuracy, youden, or tpr:R (flag a fraction R of
-    /// the synthetic OOD).
-    #[arg(long, default_value = "accuracy")]
+    /// The rule `predict` and `evaluate` apply: `accept` (the default score, its threshold set
+    /// to accept the fraction --accept of held-out digits; fitted on held-out and training
+    /// digits only), or the report's rule (max softmax or reconstruction error) with its
+    /// max-softmax threshold picked by `report` (best accuracy on held-out digits + synthetic
+    /// OOD), `youden`, or `tpr:R` (flag a fraction R of the synthetic OOD).
+    #[arg(long, default_value = "accept")]
     pub rule: String,
+    /// Fraction of held-out digits the acceptance rule accepts.
+    #[arg(long, default_value_t = 0.99)]
+    pub accept: f64,
+    /// Training images the default score's feature detector (Mahalanobis) is fitted on.
+    #[arg(long, default_value_t = 20_000)]
+    pub fit_limit: usize,
     /// Fraction of held-out digits the reconstruction test alone must accept.
     #[arg(long, default_value_t = 0.99)]
     pub recon_acceptance: f64,
@@ -51,13 +60,17 @@ pub struct EvaluateArgs {
     pub device: DeviceChoice,
 }
 
-fn parse_rule(s: &str) -> Result<ThresholdRule> {
+/// The decision and the report rule's max-softmax threshold rule of a `--rule` value (the
+/// acceptance rule keeps the report's default for the reproduction table).
+fn parse_rule(s: &str) -> Result<(Decision, ThresholdRule)> {
     Ok(match s {
-        "accuracy" => ThresholdRule::BestAccuracy,
-        "youden" => ThresholdRule::YoudenJ,
+        "accept" => (Decision::Accept, ThresholdRule::BestAccuracy),
+        // `accuracy` is the name this rule had before the acceptance rule existed.
+        "report" | "accuracy" => (Decision::Report, ThresholdRule::BestAccuracy),
+        "youden" => (Decision::Report, ThresholdRule::YoudenJ),
         _ => match s.strip_prefix("tpr:").map(str::parse::<f64>) {
-            Some(Ok(r)) => ThresholdRule::TargetTpr(r),
-            _ => anyhow::bail!("unknown threshold rule {s:?}: use accuracy, youden or tpr:R"),
+            Some(Ok(r)) => (Decision::Report, ThresholdRule::TargetTpr(r)),
+            _ => anyhow::bail!("unknown rule {s:?}: use accept, report, youden or tpr:R"),
         },
     })
 }
@@ -71,15 +84,25 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
     let device = args.device.open()?;
     let model = load_model(&args.checkpoint, &device)?;
     let splits = load_splits(&args.data, &model)?;
+    anyhow::ensure!(
+        args.accept > 0.0 && args.accept <= 1.0,
+        "--accept {}: give a fraction of held-out digits in (0, 1]",
+        args.accept
+    );
+    let (decision, msp_rule) = parse_rule(&args.rule)?;
     let config = CalibrationConfig {
-        msp_rule: parse_rule(&args.rule)?,
+        msp_rule,
         use_reconstruction: !args.no_reconstruction,
         recon_id_acceptance: args.recon_acceptance,
+        decision,
+        accept: args.accept,
+        fit_limit: args.fit_limit,
         ..Default::default()
     };
     let (calibration, set) = ood_eval::calibrate(
         &model.net,
         &model.train,
+        &splits.train,
         &splits.validation,
         &args.checkpoint,
         &config,
@@ -97,11 +120,22 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         .recon_threshold
         .map_or("off".into(), |t| format!("> {t:.5}"));
     println!(
-        "calibrated on {} held-out digits + {} synthetic OOD: OOD when max softmax < {:.4} or reconstruction error {recon}",
-        calibration.n_in_distribution, calibration.n_synthetic_ood, calibration.rule.msp_threshold
+        "calibrated on {} held-out digits + {} synthetic OOD",
+        calibration.n_in_distribution, calibration.n_synthetic_ood
     );
+    println!("rule in force: {}", calibration.describe());
+    if let Some(a) = &calibration.accept_rule {
+        println!(
+            "acceptance rule: {} (Mahalanobis fitted on {} training images); flags {:.2}% of the synthetic OOD (AUROC {:.4}), which it was not fitted on",
+            a.score.name(),
+            a.n_fit,
+            100.0 * a.synthetic_flagged,
+            a.synthetic_auroc
+        );
+    }
     println!(
-        "calibration set: AUROC max softmax {:.4}, reconstruction {:.4}; rule flags {:.2}% of synthetic OOD and {:.2}% of held-out digits",
+        "report's rule: OOD when max softmax < {:.4} or reconstruction error {recon}; AUROC max softmax {:.4}, reconstruction {:.4}; flags {:.2}% of synthetic OOD and {:.2}% of held-out digits",
+        calibration.rule.msp_threshold,
         calibration.auroc_msp,
         calibration.auroc_recon,
         100.0 * calibration.calibration_stats.tpr,
@@ -144,6 +178,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         &model.net,
         &model.train,
         &calibration,
+        &splits.validation,
         &splits.test_known,
         &splits.test_unknown,
         &far,
@@ -162,6 +197,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     )
     .with_context(|| format!("writing the report into {}", args.out.display()))?;
     println!("{}", summary_table(&evaluation));
+    println!("{}", operating_table(&evaluation));
     println!("report: {}", args.out.join("report.md").display());
     Ok(())
 }

@@ -34,6 +34,8 @@ struct Prediction {
     best_guess: Option<u8>,
     max_softmax: Option<f64>,
     reconstruction_error: Option<f64>,
+    /// What the decision rests on: the rule's score with its threshold, and its parts.
+    explanation: Option<ood_eval::calibration::DecisionDetail>,
     error: Option<String>,
 }
 
@@ -68,16 +70,16 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             256,
             &device,
         )?;
-        for (j, &i) in good.iter().enumerate() {
-            let (msp, err) = (scored.msp[j], scored.recon_error[j]);
+        let details = calibration.explain(&scored)?;
+        for ((j, &i), detail) in good.iter().enumerate().zip(details) {
             let guess = model.train.known_classes[scored.predictions[j]];
-            let unknown = calibration.rule.is_ood(msp, err);
             let r = &mut results[i];
             r.best_guess = Some(guess);
-            r.unknown = unknown;
-            r.label = (!unknown).then_some(guess);
-            r.max_softmax = Some(msp);
-            r.reconstruction_error = Some(err);
+            r.unknown = detail.unknown;
+            r.label = (!detail.unknown).then_some(guess);
+            r.max_softmax = Some(scored.msp[j]);
+            r.reconstruction_error = Some(scored.recon_error[j]);
+            r.explanation = Some(detail);
         }
     }
     let failed = results.iter().filter(|r| r.error.is_some()).count();
@@ -88,12 +90,17 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             eprintln!("{}: error: {e}", r.file);
         } else {
             let verdict = r.label.map_or("unknown".to_string(), |l| l.to_string());
+            let parts: Vec<String> = r
+                .explanation
+                .iter()
+                .flat_map(|d| &d.parts)
+                .map(describe_part)
+                .collect();
             println!(
-                "{}: {verdict} (best guess {}, max softmax {:.4}, reconstruction error {:.5})",
+                "{}: {verdict} (best guess {}; {})",
                 r.file,
                 r.best_guess.unwrap_or_default(),
-                r.max_softmax.unwrap_or_default(),
-                r.reconstruction_error.unwrap_or_default()
+                parts.join(", ")
             );
         }
     }
@@ -101,4 +108,17 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         anyhow::bail!("{failed} of {} images could not be read", results.len());
     }
     Ok(())
+}
+
+/// `name 1.234 (OOD above 2.000)` or `name 5.6 (p 0.0120)`.
+fn describe_part(p: &ood_eval::calibration::Part) -> String {
+    let mut s = format!("{} {:.4}", p.name, p.value);
+    if let Some(t) = p.threshold {
+        let side = if p.flagged_above { "above" } else { "below" };
+        s += &format!(" (OOD {side} {t:.4})");
+    }
+    if let Some(pv) = p.p_value {
+        s += &format!(" (p {pv:.4})");
+    }
+    s
 }

@@ -57,6 +57,9 @@ pub struct TrainArgs {
     /// Do not train the decoder head.
     #[arg(long)]
     pub no_decoder: bool,
+    /// Warp each training image a little (rotation ±10°, scale 0.9-1.1, shift ±2 px).
+    #[arg(long)]
+    pub augment: bool,
     /// Std of the Gaussian noise for the denoiser.
     #[arg(long)]
     pub noise_sigma: Option<f32>,
@@ -86,6 +89,7 @@ impl TrainArgs {
         c.seed = self.seed;
         c.limit = self.limit;
         c.train_decoder = !self.no_decoder;
+        c.augment = self.augment.then(ood_data::augment::AugmentConfig::default);
         macro_rules! set {
             ($($field:expr => $flag:expr),* $(,)?) => { $(if let Some(v) = $flag { $field = v; })* };
         }
