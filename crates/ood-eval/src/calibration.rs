@@ -192,12 +192,21 @@ impl Calibration {
     /// The rule in force, in words.
     pub fn describe(&self) -> String {
         match (self.config.decision, &self.accept_rule) {
-            (Decision::Accept, Some(a)) => format!(
-                "OOD when {} > {:.4} (accepts {:.2}% of held-out digits)",
-                a.score.name(),
-                a.threshold,
-                100.0 * a.held_out_accepted
-            ),
+            (Decision::Accept, Some(a)) => {
+                // -ln(min p) > t is min p < exp(-t): the p-value a member must fall below.
+                let in_p = match a.score.combine() {
+                    ood_calibrate::Combine::MinP => {
+                        format!(", i.e. when a p-value is below {:.4}", (-a.threshold).exp())
+                    }
+                    ood_calibrate::Combine::Fisher => String::new(),
+                };
+                format!(
+                    "OOD when {} > {:.4}{in_p} (accepts {:.2}% of held-out digits)",
+                    a.score.name(),
+                    a.threshold,
+                    100.0 * a.held_out_accepted
+                )
+            }
             _ => {
                 let recon = self
                     .rule

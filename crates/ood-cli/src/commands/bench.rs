@@ -1243,6 +1243,13 @@ RESULT torch-cuda paper train batch x tf32=False 1 img/s
         .is_empty());
     }
 
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_gpu_bench_without_the_feature_says_how_to_build_it() {
+        let err = crate::run(["ood", "bench", "--device", "cuda", "--no-torch"]).unwrap_err();
+        assert!(format!("{err:#}").contains("--features cuda"), "{err:#}");
+    }
+
     #[test]
     fn dates_and_medians() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
