@@ -442,7 +442,6 @@ fn markdown(checkpoint: &Path, c: &Calibration, e: &Evaluation) -> String {
         .rule
         .recon_threshold
         .map_or("off".to_string(), |t| format!("> {t:.5}"));
-    let _ = writeln!(s, "Rule in force: {}.\n", c.describe());
     if let Some(a) = &c.accept_rule {
         let _ = writeln!(
             s,
