@@ -52,7 +52,10 @@ fn train_calibrate_evaluate_writes_every_file() {
     assert_eq!(cal["config"]["decision"], "accept");
     let accept = &cal["accept_rule"];
     assert_eq!(accept["accept"], 0.99);
-    assert!(accept["held_out_accepted"].as_f64().unwrap() >= 0.99, "{accept}");
+    assert!(
+        accept["held_out_accepted"].as_f64().unwrap() >= 0.99,
+        "{accept}"
+    );
     assert!(accept["threshold"].as_f64().unwrap().is_finite());
     assert_eq!(accept["score"]["members"].as_array().unwrap().len(), 2);
 
@@ -93,10 +96,17 @@ fn train_calibrate_evaluate_writes_every_file() {
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("zero accuracy") && md.contains("AUROC"));
     assert!(md.contains("Operating points") && md.contains("MinP[Energy(T=1)+Mahalanobis]"));
-    assert!(e["decision"].as_str().unwrap().starts_with("OOD when MinP"), "{}", e["decision"]);
+    assert!(
+        e["decision"].as_str().unwrap().starts_with("OOD when MinP"),
+        "{}",
+        e["decision"]
+    );
     // MSP, the two members and the default score, at every acceptance of the curve.
     let points = e["operating_points"].as_array().unwrap();
-    assert_eq!(points.len(), 4 * ood_eval::evaluation::TRADE_OFF_ACCEPTANCES.len());
+    assert_eq!(
+        points.len(),
+        4 * ood_eval::evaluation::TRADE_OFF_ACCEPTANCES.len()
+    );
     for p in points {
         for field in ["known_accepted", "known_accepted_right", "unknown_caught"] {
             let v = p[field].as_f64().unwrap();

@@ -180,9 +180,15 @@ mod tests {
 
     #[test]
     fn a_device_argument_selects_its_feature() {
-        assert_eq!(device_feature(&args(&["bench", "--device", "cuda"])), Some("cuda"));
+        assert_eq!(
+            device_feature(&args(&["bench", "--device", "cuda"])),
+            Some("cuda")
+        );
         assert_eq!(device_feature(&args(&["--device=cuda:1"])), Some("cuda"));
-        assert_eq!(device_feature(&args(&["--device", "metal:0"])), Some("metal"));
+        assert_eq!(
+            device_feature(&args(&["--device", "metal:0"])),
+            Some("metal")
+        );
         assert_eq!(device_feature(&args(&["--device", "cpu"])), None);
         assert_eq!(device_feature(&args(&["--device", "cudax"])), None);
         assert_eq!(device_feature(&args(&["bench", "--quick"])), None);

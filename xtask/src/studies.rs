@@ -301,7 +301,12 @@ pub fn sweep(args: &[String]) -> Result<()> {
         // The default score: "MinP[Energy(T=1)+Mahalanobis]".
         let default_score = near_rows
             .iter()
-            .find(|r| r["detector"].as_str().unwrap_or_default().starts_with("MinP["))
+            .find(|r| {
+                r["detector"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("MinP[")
+            })
             .map(|r| r["auroc"].clone())
             .unwrap_or(Value::Null);
         // The combined rule's score is binary, so its AUROC is not comparable.
@@ -420,7 +425,12 @@ pub fn seeds(args: &[String]) -> Result<()> {
     for seed in &seeds {
         let dir = study.root.join(format!("seed{seed}"));
         dirs.push(dir.clone());
-        let m = run_model(&dir, &["--seed".to_string(), seed.to_string()], &study, false)?;
+        let m = run_model(
+            &dir,
+            &["--seed".to_string(), seed.to_string()],
+            &study,
+            false,
+        )?;
         let e = &m["evaluation"];
         let fashion = e["far"].as_array().and_then(|f| f.first());
         let default_auroc = |set: Option<&Value>| {
@@ -463,7 +473,9 @@ pub fn seeds(args: &[String]) -> Result<()> {
             let mean = c.iter().sum::<f64>() / n;
             let (lo, hi) = c
                 .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
+                    (l.min(x), h.max(x))
+                });
             if i < 4 {
                 format!("{:.2}% ({:.2}-{:.2})", 100.0 * mean, 100.0 * lo, 100.0 * hi)
             } else {

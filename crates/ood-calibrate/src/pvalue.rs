@@ -21,7 +21,9 @@
 //! ([`PValueCombination::fit_reference`]); a threshold is then set on the held-out samples alone
 //! with [`threshold_at_id_acceptance`](crate::threshold_at_id_acceptance).
 
-use crate::detectors::{Detector, Energy, Knn, Mahalanobis, MaxLogit, Msp, Reconstruction, Samples};
+use crate::detectors::{
+    Detector, Energy, Knn, Mahalanobis, MaxLogit, Msp, Reconstruction, Samples,
+};
 use crate::{check_finite, CalibrateError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -328,7 +330,10 @@ mod tests {
         //     confident of all -> p = 1.
         assert_eq!(e[2].members[0].2, 0.2);
         assert_eq!(e[2].members[1].2, 1.0);
-        assert_eq!(c.score(&samples(&test)).unwrap(), vec![0.0, 5f64.ln(), 5f64.ln()]);
+        assert_eq!(
+            c.score(&samples(&test)).unwrap(),
+            vec![0.0, 5f64.ln(), 5f64.ln()]
+        );
         // Refitting the members drops the references.
         c.fit(&train, &[0]).unwrap();
         assert!(c.score(&train).is_err());
@@ -360,8 +365,12 @@ mod tests {
     #[test]
     fn the_combination_round_trips_through_json() {
         let mut c = PValueCombination::energy_mahalanobis();
-        let features = [0.0f32, 1.0, 1.0, 0.0, 0.1, 0.9, 0.9, 0.1, 0.2, 1.1, 1.2, -0.1];
-        let logits = [2.0f32, 0.0, 0.0, 2.0, 3.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 4.0];
+        let features = [
+            0.0f32, 1.0, 1.0, 0.0, 0.1, 0.9, 0.9, 0.1, 0.2, 1.1, 1.2, -0.1,
+        ];
+        let logits = [
+            2.0f32, 0.0, 0.0, 2.0, 3.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 4.0,
+        ];
         let all = Samples::new(&logits, &features, &[], 2, 2).unwrap();
         c.fit(&all, &[0, 1, 0, 1, 0, 1]).unwrap();
         c.fit_reference(&all).unwrap();

@@ -152,8 +152,7 @@ impl AcceptRule {
         let ood = score.score(&samples(synthetic)?)?;
         let threshold = threshold_at_id_acceptance(&id, accept)?;
         let share = |s: &[f64], flagged: bool| {
-            s.iter().filter(|&&x| (x > threshold) == flagged).count() as f64
-                / s.len().max(1) as f64
+            s.iter().filter(|&&x| (x > threshold) == flagged).count() as f64 / s.len().max(1) as f64
         };
         Ok(Self {
             accept,

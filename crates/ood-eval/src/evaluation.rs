@@ -128,9 +128,12 @@ fn fraction(flags: &[bool]) -> f64 {
     flags.iter().filter(|&&f| f).count() as f64 / flags.len().max(1) as f64
 }
 
+/// Named columns of OOD scores, one value per image of a set.
+pub type ScoreColumns = Vec<(String, Vec<f64>)>;
+
 /// The scores compared, per image of a set, as (name, OOD scores): MSP, then, when the
 /// calibration has the acceptance rule, each member of its score and the score itself.
-pub fn score_columns(calibration: &Calibration, set: &ScoredSet) -> Result<Vec<(String, Vec<f64>)>> {
+pub fn score_columns(calibration: &Calibration, set: &ScoredSet) -> Result<ScoreColumns> {
     let mut columns = vec![("MSP".to_string(), set.msp_ood_score())];
     if let Some(rule) = &calibration.accept_rule {
         let explained = rule.explain(set)?;
@@ -177,7 +180,7 @@ fn operating_points(
     known: &[(String, Vec<f64>)],
     correct: &[bool],
     unknown: &[(String, Vec<f64>)],
-    far: &[(String, Vec<(String, Vec<f64>)>)],
+    far: &[(String, ScoreColumns)],
 ) -> Result<Vec<OperatingPoint>> {
     let share = |scores: &[f64], t: f64| {
         scores.iter().filter(|&&s| s > t).count() as f64 / scores.len().max(1) as f64
@@ -295,7 +298,13 @@ pub fn evaluate(
     let mut far_columns = Vec::new();
     for (i, (name, data)) in far.iter().enumerate() {
         let set = score(data, FAR_STREAM + i as u64)?;
-        far_metrics.push(set_metrics(name, calibration, &known, &known_columns, &set)?);
+        far_metrics.push(set_metrics(
+            name,
+            calibration,
+            &known,
+            &known_columns,
+            &set,
+        )?);
         far_columns.push((name.clone(), score_columns(calibration, &set)?));
         far_sets.push((name.clone(), set));
     }
@@ -363,7 +372,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(points.len(), TRADE_OFF_ACCEPTANCES.len());
-        let at = |a: f64| points.iter().find(|p| (p.accept - a).abs() < 1e-12).unwrap();
+        let at = |a: f64| {
+            points
+                .iter()
+                .find(|p| (p.accept - a).abs() < 1e-12)
+                .unwrap()
+        };
         // 0.80 of 4 needs 4 (3.2 rounded up): the threshold is the largest held-out score.
         assert_eq!(at(0.80).threshold, 4.0);
         let p = at(1.0);

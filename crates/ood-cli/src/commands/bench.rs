@@ -118,9 +118,7 @@ impl Plan {
         }
         let device = args.device.open()?;
         let on_cpu = device.is_cpu();
-        let train_batch = args
-            .train_batch
-            .unwrap_or(if on_cpu { 128 } else { 64 });
+        let train_batch = args.train_batch.unwrap_or(if on_cpu { 128 } else { 64 });
         if train_batch == 0 || args.infer_batch == 0 {
             bail!("--train-batch and --infer-batch must be at least 1");
         }
@@ -507,7 +505,13 @@ struct Data {
 }
 
 impl Data {
-    fn random(batch: usize, classes: usize, side: usize, seed: u64, device: &Device) -> Result<Self> {
+    fn random(
+        batch: usize,
+        classes: usize,
+        side: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let n = batch * side * side;
         let clean: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
@@ -657,7 +661,12 @@ fn peak_memory_mib() -> Option<f64> {
 /// torch_ref.py on the CPU: (torch version, results).
 fn run_torch(args: &BenchArgs, plan: &Plan) -> Result<(String, Vec<TorchResult>)> {
     let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/bench/torch_ref.py");
-    let script = find_script(args.torch_ref.as_deref(), &[default], "--torch-ref", "OOD_TORCH_REF")?;
+    let script = find_script(
+        args.torch_ref.as_deref(),
+        &[default],
+        "--torch-ref",
+        "OOD_TORCH_REF",
+    )?;
     if !python_says_yes("import torch") {
         bail!("python3 cannot import torch");
     }
@@ -720,7 +729,12 @@ fn run_anchor(args: &BenchArgs, plan: &Plan) -> Result<(String, Vec<TorchResult>
 }
 
 /// The script given (flag or environment), else the first default that exists.
-fn find_script(given: Option<&Path>, defaults: &[PathBuf], flag: &str, env: &str) -> Result<PathBuf> {
+fn find_script(
+    given: Option<&Path>,
+    defaults: &[PathBuf],
+    flag: &str,
+    env: &str,
+) -> Result<PathBuf> {
     let found = match given {
         Some(p) => p.is_file().then(|| p.to_path_buf()),
         None => defaults.iter().find(|p| p.is_file()).cloned(),
