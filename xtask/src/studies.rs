@@ -185,7 +185,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// The ablations: k in {0, 1, 5}, the std loss off / intended / literal, the decoder off.
 pub fn ablate(args: &[String]) -> Result<()> {
     let study = StudyArgs::parse(args, "runs/ablate")?;
-    let variants: [(&str, &str, &[&str]); 6] = [
+    let variants: [(&str, &str, &[&str]); 7] = [
         ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
         ("k1", "k = 1, std intended (the default)", &[]),
         ("k5", "k = 5", &["--k", "5"]),
@@ -199,6 +199,11 @@ pub fn ablate(args: &[String]) -> Result<()> {
             "no-decoder",
             "decoder off (max softmax only)",
             &["--no-decoder"],
+        ),
+        (
+            "augment",
+            "augmentation (rotation, scale, shift)",
+            &["--augment"],
         ),
     ];
     if let Some(unknown) = study
