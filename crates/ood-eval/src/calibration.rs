@@ -206,17 +206,20 @@ impl Calibration {
                     100.0 * a.held_out_accepted
                 )
             }
-            _ => {
-                let recon = self
-                    .rule
-                    .recon_threshold
-                    .map_or("off".into(), |t| format!("> {t:.5}"));
-                format!(
-                    "OOD when max softmax < {:.4} or reconstruction error {recon} (the report's rule)",
-                    self.rule.msp_threshold
-                )
-            }
+            _ => format!("{} (the report's rule)", self.report_rule_text()),
         }
+    }
+
+    /// The report's rule in words: "OOD when max softmax < t or reconstruction error > e".
+    pub fn report_rule_text(&self) -> String {
+        let recon = self
+            .rule
+            .recon_threshold
+            .map_or("off".into(), |t| format!("> {t:.5}"));
+        format!(
+            "OOD when max softmax < {:.4} or reconstruction error {recon}",
+            self.rule.msp_threshold
+        )
     }
 
     /// Which images of a set the rule in force flags as OOD.

@@ -438,10 +438,6 @@ fn markdown(checkpoint: &Path, c: &Calibration, e: &Evaluation) -> String {
         "Known classes {:?}, unknown {:?}: {} known and {} unknown test images.\n",
         e.known_classes, e.unknown_classes, e.n_known, e.n_unknown
     );
-    let recon = c
-        .rule
-        .recon_threshold
-        .map_or("off".to_string(), |t| format!("> {t:.5}"));
     if let Some(a) = &c.accept_rule {
         let _ = writeln!(
             s,
@@ -455,11 +451,11 @@ fn markdown(checkpoint: &Path, c: &Calibration, e: &Evaluation) -> String {
     }
     let _ = writeln!(
         s,
-        "The report's rule (calibrated on {} held-out digits and {} synthetic OOD images made from {}): OOD when max softmax < {:.4} or reconstruction error {recon}. Calibration-set AUROC: max softmax {:.4}, reconstruction {:.4}.\n",
+        "The report's rule (calibrated on {} held-out digits and {} synthetic OOD images made from {}): {}. Calibration-set AUROC: max softmax {:.4}, reconstruction {:.4}.\n",
         c.n_in_distribution,
         c.n_synthetic_ood,
         c.ood_transforms.join(", "),
-        c.rule.msp_threshold,
+        c.report_rule_text(),
         c.auroc_msp,
         c.auroc_recon
     );

@@ -115,10 +115,6 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
     ood_eval::write_calibration(&out, &calibration)?;
     let fig_dir = out.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     write_calibration_figures(&fig_dir, &calibration, &set, model.net.config.image_size)?;
-    let recon = calibration
-        .rule
-        .recon_threshold
-        .map_or("off".into(), |t| format!("> {t:.5}"));
     println!(
         "calibrated on {} held-out digits + {} synthetic OOD",
         calibration.n_in_distribution, calibration.n_synthetic_ood
@@ -134,8 +130,8 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         );
     }
     println!(
-        "report's rule: OOD when max softmax < {:.4} or reconstruction error {recon}; AUROC max softmax {:.4}, reconstruction {:.4}; flags {:.2}% of synthetic OOD and {:.2}% of held-out digits",
-        calibration.rule.msp_threshold,
+        "report's rule: {}; AUROC max softmax {:.4}, reconstruction {:.4}; flags {:.2}% of synthetic OOD and {:.2}% of held-out digits",
+        calibration.report_rule_text(),
         calibration.auroc_msp,
         calibration.auroc_recon,
         100.0 * calibration.calibration_stats.tpr,
