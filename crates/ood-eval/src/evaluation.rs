@@ -157,8 +157,8 @@ fn set_metrics(
     known: &ScoredSet,
     known_columns: &[(String, Vec<f64>)],
     ood: &ScoredSet,
+    ood_columns: &[(String, Vec<f64>)],
 ) -> Result<OodSetMetrics> {
-    let ood_columns = score_columns(calibration, ood)?;
     Ok(OodSetMetrics {
         name: name.to_string(),
         flagged: fraction(&calibration.flags(ood)?),
@@ -166,7 +166,7 @@ fn set_metrics(
         reconstruction: ood_metrics(&known.recon_error, &ood.recon_error)?,
         scores: known_columns
             .iter()
-            .zip(&ood_columns)
+            .zip(ood_columns)
             .skip(1) // MSP has its own field
             .map(|((name, k), (_, o))| Ok((name.clone(), ood_metrics(k, o)?)))
             .collect::<Result<_>>()?,
@@ -293,19 +293,22 @@ pub fn evaluate(
         .count();
 
     let known_columns = score_columns(calibration, &known)?;
+    let unknown_columns = score_columns(calibration, &unknown)?;
     let mut far_metrics = Vec::new();
     let mut far_sets = Vec::new();
     let mut far_columns = Vec::new();
     for (i, (name, data)) in far.iter().enumerate() {
         let set = score(data, FAR_STREAM + i as u64)?;
+        let columns = score_columns(calibration, &set)?;
         far_metrics.push(set_metrics(
             name,
             calibration,
             &known,
             &known_columns,
             &set,
+            &columns,
         )?);
-        far_columns.push((name.clone(), score_columns(calibration, &set)?));
+        far_columns.push((name.clone(), columns));
         far_sets.push((name.clone(), set));
     }
     // The same noise stream as the calibration's held-out scores.
@@ -314,7 +317,7 @@ pub fn evaluate(
         &score_columns(calibration, &held)?,
         &known_columns,
         &correct,
-        &score_columns(calibration, &unknown)?,
+        &unknown_columns,
         &far_columns,
     )?;
     let evaluation = Evaluation {
@@ -336,6 +339,7 @@ pub fn evaluate(
             &known,
             &known_columns,
             &unknown,
+            &unknown_columns,
         )?,
         far: far_metrics,
         confusion_labels: labels,
