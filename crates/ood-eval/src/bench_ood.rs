@@ -125,7 +125,7 @@ pub struct BenchResult {
 /// in-distribution test set.
 #[allow(clippy::too_many_arguments)]
 pub fn bench_ood(
-    net: &OodNet,
+    nets: &[OodNet],
     train: &TrainConfig,
     calibration: &Calibration,
     fit: &LabeledImages,
@@ -139,7 +139,7 @@ pub fn bench_ood(
     let classes = train.classes();
     let score = |pixels: &[f32], stream: u64| {
         score_images(
-            net,
+            nets,
             pixels,
             &train.noise,
             train.seed,
@@ -177,7 +177,7 @@ pub fn bench_ood(
     // Calibration set for the fused detector: held-out digits and synthetic OOD, as in calibration.
     let val_pixels = to_unit_f32(validation);
     let synth = synthesize_ood(
-        net,
+        nets,
         &val_pixels,
         &OodTransform::REPORT,
         train,
@@ -220,8 +220,14 @@ pub fn bench_ood(
         temperature: config.odin.temperature,
     };
     let odin_scores = |pixels: &[f32]| -> Result<Vec<f64>> {
-        let logits = perturbed_logits(net, pixels, &config.odin, config.batch_size, device)?;
-        Ok(odin.score(&Samples::new(&logits, &[], &[], net.config.num_classes, 0)?)?)
+        let logits = perturbed_logits(nets, pixels, &config.odin, config.batch_size, device)?;
+        Ok(odin.score(&Samples::new(
+            &logits,
+            &[],
+            &[],
+            nets[0].config.num_classes,
+            0,
+        )?)?)
     };
     let odin_id = odin_scores(&to_unit_f32(known_test))?;
     let odin_name = format!(
@@ -254,7 +260,7 @@ pub fn bench_ood(
             .map(|s| {
                 (
                     s.name.clone(),
-                    s.pixels.len() / (net.config.image_size * net.config.image_size),
+                    s.pixels.len() / (nets[0].config.image_size * nets[0].config.image_size),
                 )
             })
             .collect(),

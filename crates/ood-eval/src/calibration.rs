@@ -319,21 +319,21 @@ pub struct CalibrationSet {
 /// Synthetic OOD from in-distribution images: transform `i % transforms.len()` applied to
 /// image `i`, noised as in training, and passed through the decoder.
 pub fn synthesize_ood(
-    net: &OodNet,
+    nets: &[OodNet],
     pixels: &[f32],
     transforms: &[OodTransform],
     train: &TrainConfig,
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<f32>> {
-    let side = net.config.image_size;
+    let side = nets[0].config.image_size;
     let mut rng = stream_rng(train.seed, SYNTH_NOISE_STREAM, 0);
     let mut transformed = Vec::with_capacity(pixels.len());
     for (i, img) in pixels.chunks_exact(side * side).enumerate() {
         transformed.extend(transforms[i % transforms.len()].apply(img, side, side, &mut rng));
     }
     corrupt_batch(&mut transformed, side, side, &train.noise, &mut rng);
-    Ok(infer(net, &transformed, None, true, batch_size, device)?.reconstructions)
+    Ok(infer(nets, &transformed, None, true, batch_size, device)?.reconstructions)
 }
 
 /// Keeps at most `max` points of a curve, always the first and the last.
@@ -347,11 +347,11 @@ pub fn thin<T: Clone>(points: &[T], max: usize) -> Vec<T> {
         .collect()
 }
 
-/// Calibrates `net` on the validation hold-out of its training split; `fit` are training
+/// Calibrates `nets` (one model, or an ensemble) on the validation hold-out of its training split; `fit` are training
 /// images of the known classes (the first `config.fit_limit` are used).
 #[allow(clippy::too_many_arguments)]
 pub fn calibrate(
-    net: &OodNet,
+    nets: &[OodNet],
     train: &TrainConfig,
     fit: &ood_data::LabeledImages,
     validation: &ood_data::LabeledImages,
@@ -362,7 +362,7 @@ pub fn calibrate(
     let transforms = OodTransform::REPORT;
     let id_pixels = to_unit_f32(validation);
     let ood_pixels = synthesize_ood(
-        net,
+        nets,
         &id_pixels,
         &transforms,
         train,
@@ -370,7 +370,7 @@ pub fn calibrate(
         device,
     )?;
     let id = score_images(
-        net,
+        nets,
         &id_pixels,
         &train.noise,
         train.seed,
@@ -379,7 +379,7 @@ pub fn calibrate(
         device,
     )?;
     let ood = score_images(
-        net,
+        nets,
         &ood_pixels,
         &train.noise,
         train.seed,
@@ -399,7 +399,7 @@ pub fn calibrate(
         })
         .collect::<Result<Vec<usize>>>()?;
     let fit_set = score_images(
-        net,
+        nets,
         &to_unit_f32(&fit),
         &train.noise,
         train.seed,
@@ -418,7 +418,7 @@ pub fn calibrate(
     )?;
     let (id_s, ood_s) = (id.msp_ood_score(), ood.msp_ood_score());
     let calibration = Calibration {
-        checkpoint_sha256: ood_model::checkpoint::file_sha256(checkpoint)?,
+        checkpoint_sha256: crate::model_sha256(checkpoint)?,
         checkpoint_file: checkpoint.display().to_string(),
         config: config.clone(),
         rule,
@@ -449,9 +449,14 @@ pub fn calibrate(
     ))
 }
 
-/// The default place of a checkpoint's calibration.
+/// The default place of a model's calibration: beside a checkpoint file, inside an ensemble
+/// folder.
 pub fn default_calibration_path(checkpoint: &Path) -> PathBuf {
-    checkpoint.with_file_name(CALIBRATION_FILE)
+    if checkpoint.is_dir() {
+        checkpoint.join(CALIBRATION_FILE)
+    } else {
+        checkpoint.with_file_name(CALIBRATION_FILE)
+    }
 }
 
 /// Writes the calibration as pretty JSON, atomically.
@@ -473,7 +478,7 @@ pub fn read_calibration(path: &Path, checkpoint: &Path) -> Result<Calibration> {
     let calibration: Calibration = serde_json::from_str(&text).map_err(|e| {
         EvalError::Calibration(format!("{}: not a calibration file: {e}", path.display()))
     })?;
-    let sha = ood_model::checkpoint::file_sha256(checkpoint)?;
+    let sha = crate::model_sha256(checkpoint)?;
     if calibration.checkpoint_sha256 != sha {
         return Err(EvalError::Calibration(format!(
             "{} was made for another checkpoint (sha256 {}), not {} (sha256 {sha}): calibrate this checkpoint again",

@@ -216,7 +216,7 @@ fn operating_points(
 /// calibration's held-out digits, from which the operating points' thresholds are set.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
-    net: &OodNet,
+    nets: &[OodNet],
     train: &TrainConfig,
     calibration: &Calibration,
     held_out: &LabeledImages,
@@ -229,7 +229,7 @@ pub fn evaluate(
     let classes: ClassSpec = train.classes();
     let score = |d: &LabeledImages, stream: u64| {
         score_images(
-            net,
+            nets,
             &to_unit_f32(d),
             &train.noise,
             train.seed,

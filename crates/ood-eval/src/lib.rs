@@ -18,7 +18,7 @@
 //! let (_vars, net) = ood_model::build(&config, &Device::Cpu, 0)?;
 //! let pixels = vec![0.5f32; 3 * 28 * 28];
 //! let noise = ood_data::NoiseConfig::default();
-//! let scored = ood_eval::score_images(&net, &pixels, &noise, 0, 0, 2, &Device::Cpu)?;
+//! let scored = ood_eval::score_images(std::slice::from_ref(&net), &pixels, &noise, 0, 0, 2, &Device::Cpu)?;
 //! assert_eq!(scored.msp.len(), 3);
 //! assert!(scored.msp.iter().all(|m| (1.0 / 9.0..=1.0).contains(m)));
 //! # Ok::<(), ood_eval::EvalError>(())
@@ -27,6 +27,7 @@
 pub mod bench_ood;
 pub mod calibration;
 pub mod evaluation;
+pub mod model;
 pub mod odin;
 pub mod plots;
 pub mod report;
@@ -37,12 +38,11 @@ pub use calibration::{
     Decision, CALIBRATION_FILE,
 };
 pub use evaluation::{evaluate, Evaluation, OperatingPoint};
+pub use model::{load_model, model_sha256, LoadedModel};
 pub use scoring::{score_images, ScoredSet};
 
-use candle_core::Device;
-use ood_model::{Checkpoint, CheckpointMeta, OodNet};
 use ood_train::TrainConfig;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -68,38 +68,12 @@ pub enum EvalError {
 
 pub type Result<T, E = EvalError> = std::result::Result<T, E>;
 
-/// A checkpoint ready to use: its metadata, training arguments and rebuilt network.
-pub struct LoadedModel {
-    pub path: PathBuf,
-    pub meta: CheckpointMeta,
-    pub train: TrainConfig,
-    pub net: OodNet,
-}
-
-/// Loads a checkpoint written by the training stage.
-pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
-    let ck = Checkpoint::load(path, device)?;
-    let train: TrainConfig = serde_json::from_value(ck.meta.training.clone()).map_err(|e| {
-        EvalError::Checkpoint(
-            path.to_path_buf(),
-            format!("unreadable training arguments: {e}"),
-        )
-    })?;
-    let (_, net) = ck.build_model(path, device)?;
-    Ok(LoadedModel {
-        path: path.to_path_buf(),
-        meta: ck.meta,
-        train,
-        net,
-    })
-}
-
 /// The split configuration a model was trained with (so calibration uses its hold-out).
 pub fn split_config(train: &TrainConfig) -> ood_data::SplitConfig {
     ood_data::SplitConfig {
         classes: train.classes(),
         validation_size: train.validation_size,
-        seed: train.seed,
+        seed: train.split_seed(),
         limit: train.limit,
     }
 }

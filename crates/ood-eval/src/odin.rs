@@ -25,18 +25,26 @@ impl Default for OdinConfig {
     }
 }
 
-/// The logits of the ODIN-perturbed images, row-major.
+/// The logits of the ODIN-perturbed images, row-major. Several nets are an ensemble: the
+/// perturbation follows the gradient of the mean logits, the read-out is the mean logits.
 pub fn perturbed_logits(
-    net: &OodNet,
+    nets: &[OodNet],
     pixels: &[f32],
     config: &OdinConfig,
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<f32>> {
-    let side = net.config.image_size;
+    let side = nets[0].config.image_size;
     let per = side * side;
     let n = pixels.len() / per;
-    let mut out = Vec::with_capacity(n * net.config.num_classes);
+    let mut out = Vec::with_capacity(n * nets[0].config.num_classes);
+    let mean_logits = |x: &Tensor| -> Result<Tensor> {
+        let each = nets
+            .iter()
+            .map(|net| net.classify(&OodNet::pool(&net.features(x, false)?)?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok((Tensor::stack(&each, 0)?.sum(0)? / nets.len() as f64)?)
+    };
     for start in (0..n).step_by(batch_size.max(1)) {
         let end = (start + batch_size).min(n);
         let x = Var::from_tensor(&Tensor::from_slice(
@@ -44,8 +52,7 @@ pub fn perturbed_logits(
             (end - start, 1, side, side),
             device,
         )?)?;
-        let logits = (net.classify(&OodNet::pool(&net.features(x.as_tensor(), false)?)?)?
-            / config.temperature)?;
+        let logits = (mean_logits(x.as_tensor())? / config.temperature)?;
         // log of the largest softmax probability, summed over the batch: each image's term only
         // depends on that image, so one backward gives every image's gradient.
         let log_p = ood_losses::log_softmax(&logits)?;
@@ -55,7 +62,7 @@ pub fn perturbed_logits(
             .remove(x.as_tensor())
             .expect("the input takes part in the loss");
         let nudged = (x.as_tensor() + (grad.sign()? * config.epsilon)?)?.detach();
-        let logits = net.classify(&OodNet::pool(&net.features(&nudged, false)?)?)?;
+        let logits = mean_logits(&nudged)?;
         out.extend(logits.flatten_all()?.to_vec1::<f32>()?);
     }
     Ok(out)

@@ -44,11 +44,11 @@ impl ScoredSet {
     }
 }
 
-/// Runs `net` over `pixels` (f32 in [0, 1]): the classifier on the images as they are, the
+/// Runs `nets` (one model, or an ensemble read as one: see [`ood_train::infer`]) over `pixels` (f32 in [0, 1]): the classifier on the images as they are, the
 /// decoder on copies noised as in training (seeded by `seed` and `stream`, so the same set
 /// always gets the same noise).
 pub fn score_images(
-    net: &OodNet,
+    nets: &[OodNet],
     pixels: &[f32],
     noise: &NoiseConfig,
     seed: u64,
@@ -56,7 +56,7 @@ pub fn score_images(
     batch_size: usize,
     device: &Device,
 ) -> Result<ScoredSet> {
-    let side = net.config.image_size;
+    let side = nets[0].config.image_size;
     let per = side * side;
     let mut noised = pixels.to_vec();
     corrupt_batch(
@@ -66,7 +66,7 @@ pub fn score_images(
         noise,
         &mut stream_rng(seed, stream, 0),
     );
-    let out = infer(net, pixels, Some(&noised), true, batch_size, device)?;
+    let out = infer(nets, pixels, Some(&noised), true, batch_size, device)?;
     let msp = (0..out.len())
         .map(|i| ood_calibrate::max_softmax(out.logits_row(i)))
         .collect();

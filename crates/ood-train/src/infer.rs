@@ -41,53 +41,65 @@ impl Inference {
     }
 }
 
-/// Runs `net` in evaluation mode over `pixels` (f32 in [0, 1], `side * side` per image).
+/// Runs `nets` in evaluation mode over `pixels` (f32 in [0, 1], `side * side` per image).
 /// `decoder_input`, when given, is what the decoder sees instead of the images themselves.
+///
+/// Several nets are an ensemble, read as one model: the mean of their logits (so softmax and
+/// energy are those of the averaged logits), their pooled features side by side (member 0's
+/// first), and the mean of their reconstructions. One net is the plain model.
 pub fn infer(
-    net: &OodNet,
+    nets: &[OodNet],
     pixels: &[f32],
     decoder_input: Option<&[f32]>,
     keep_reconstructions: bool,
     batch_size: usize,
     device: &Device,
 ) -> candle_core::Result<Inference> {
-    let side = net.config.image_size;
+    let first = nets
+        .first()
+        .ok_or_else(|| candle_core::Error::Msg("infer needs at least one net".into()))?;
+    let side = first.config.image_size;
     let per = side * side;
     let n = pixels.len() / per;
+    let members = nets.len() as f64;
     let mut out = Inference {
-        num_classes: net.config.num_classes,
-        feature_dim: net.config.feature_dim(),
+        num_classes: first.config.num_classes,
+        feature_dim: nets.iter().map(|net| net.config.feature_dim()).sum(),
         ..Default::default()
     };
     for start in (0..n).step_by(batch_size.max(1)) {
         let end = (start + batch_size).min(n);
-        let images = Tensor::from_slice(
-            &pixels[start * per..end * per],
-            (end - start, 1, side, side),
-            device,
-        )?;
-        let features = net.features(&images, false)?;
-        let pooled = OodNet::pool(&features)?;
+        let batch = |source: &[f32]| {
+            Tensor::from_slice(
+                &source[start * per..end * per],
+                (end - start, 1, side, side),
+                device,
+            )
+        };
+        let images = batch(pixels)?;
+        let decoder_images = decoder_input.map(batch).transpose()?;
+        let (mut logits, mut pooled, mut reconstructions) = (Vec::new(), Vec::new(), Vec::new());
+        for net in nets {
+            let features = net.features(&images, false)?;
+            let net_pooled = OodNet::pool(&features)?;
+            logits.push(net.classify(&net_pooled)?);
+            pooled.push(net_pooled);
+            if keep_reconstructions {
+                let features = match &decoder_images {
+                    Some(d) => net.features(d, false)?,
+                    None => features,
+                };
+                reconstructions.push(net.decode(&features, false)?);
+            }
+        }
+        let mean = |parts: &[Tensor]| Tensor::stack(parts, 0)?.sum(0)? / members;
         out.logits
-            .extend(net.classify(&pooled)?.flatten_all()?.to_vec1::<f32>()?);
-        out.pooled.extend(pooled.flatten_all()?.to_vec1::<f32>()?);
+            .extend(mean(&logits)?.flatten_all()?.to_vec1::<f32>()?);
+        out.pooled
+            .extend(Tensor::cat(&pooled, 1)?.flatten_all()?.to_vec1::<f32>()?);
         if keep_reconstructions {
-            let features = match decoder_input {
-                Some(d) => net.features(
-                    &Tensor::from_slice(
-                        &d[start * per..end * per],
-                        (end - start, 1, side, side),
-                        device,
-                    )?,
-                    false,
-                )?,
-                None => features,
-            };
-            out.reconstructions.extend(
-                net.decode(&features, false)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            );
+            out.reconstructions
+                .extend(mean(&reconstructions)?.flatten_all()?.to_vec1::<f32>()?);
         }
     }
     Ok(out)
@@ -104,4 +116,82 @@ pub fn accuracy(predictions: &[usize], targets: &[u32]) -> f64 {
         .filter(|(p, t)| **p == **t as usize)
         .count();
     right as f64 / targets.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(seed: u64) -> OodNet {
+        let config = ood_model::preset("tiny", 3).unwrap();
+        ood_model::build(&config, &Device::Cpu, seed).unwrap().1
+    }
+
+    fn images(n: usize) -> Vec<f32> {
+        (0..n * 28 * 28)
+            .map(|i| ((i * 7919) % 101) as f32 / 100.0)
+            .collect()
+    }
+
+    #[test]
+    fn an_ensemble_averages_logits_and_reconstructions_and_concatenates_features() {
+        let (a, b) = (tiny(1), tiny(2));
+        let pixels = images(5);
+        let noised: Vec<f32> = pixels.iter().map(|p| 1.0 - p).collect();
+        let run = |nets: &[OodNet]| infer(nets, &pixels, Some(&noised), true, 2, &Device::Cpu);
+        let (one_a, one_b) = (run(&[a.clone()]).unwrap(), run(&[b.clone()]).unwrap());
+        let both = run(&[a, b]).unwrap();
+        assert_eq!((both.len(), both.num_classes), (5, 3));
+        assert_eq!(both.feature_dim, 2 * one_a.feature_dim);
+        let close = |x: f32, y: f32| (x - y).abs() <= 1e-5 * (1.0 + y.abs());
+        for (i, m) in both.logits.iter().enumerate() {
+            assert!(
+                close(*m, (one_a.logits[i] + one_b.logits[i]) / 2.0),
+                "logit {i}"
+            );
+        }
+        for (i, m) in both.reconstructions.iter().enumerate() {
+            let mean = (one_a.reconstructions[i] + one_b.reconstructions[i]) / 2.0;
+            assert!(close(*m, mean), "pixel {i}");
+        }
+        let d = one_a.feature_dim;
+        for img in 0..5 {
+            let row = &both.pooled[img * 2 * d..(img + 1) * 2 * d];
+            assert_eq!(&row[..d], &one_a.pooled[img * d..(img + 1) * d]);
+            assert_eq!(&row[d..], &one_b.pooled[img * d..(img + 1) * d]);
+        }
+        // The members disagree, so the mean is neither of them.
+        assert!(one_a
+            .logits
+            .iter()
+            .zip(&one_b.logits)
+            .any(|(x, y)| !close(*x, *y)));
+    }
+
+    #[test]
+    fn an_ensemble_of_one_is_the_model_itself_and_none_is_an_error() {
+        let net = tiny(3);
+        let pixels = images(3);
+        let out = infer(
+            std::slice::from_ref(&net),
+            &pixels,
+            None,
+            true,
+            3,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let features = net
+            .features(
+                &Tensor::from_slice(&pixels, (3, 1, 28, 28), &Device::Cpu).unwrap(),
+                false,
+            )
+            .unwrap();
+        let logits = net.classify(&OodNet::pool(&features).unwrap()).unwrap();
+        assert_eq!(
+            out.logits,
+            logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        assert!(infer(&[], &pixels, None, false, 3, &Device::Cpu).is_err());
+    }
 }

@@ -23,6 +23,11 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 /// The per-epoch metrics (JSON lines) inside a run folder.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
+/// The folder of an ensemble's member `i` inside the ensemble's folder.
+pub fn member_dir(i: usize) -> String {
+    format!("member-{i}")
+}
+
 const NOISE_STREAM: u64 = 2;
 const AUGMENT_STREAM: u64 = 3;
 
@@ -44,7 +49,13 @@ pub struct TrainConfig {
     /// The learning rate at the end, as a fraction of the peak.
     pub final_lr_ratio: f64,
     pub adamw: AdamWConfig,
+    /// Seeds the initialisation, the batch order, the noise and the augmentation.
     pub seed: u64,
+    /// Seeds the validation hold-out; `None`: `seed` does (and what checkpoints from before
+    /// this option say). Members of an ensemble differ in `seed` and share this, so that no
+    /// member has trained on the digits the ensemble is calibrated on.
+    #[serde(default)]
+    pub split_seed: Option<u64>,
     pub loss: LossWeights,
     pub noise: NoiseConfig,
     /// Train the decoder head (off for the "no decoder" ablation).
@@ -73,11 +84,44 @@ impl TrainConfig {
             final_lr_ratio: 0.01,
             adamw: AdamWConfig::default(),
             seed: 0,
+            split_seed: None,
             loss: LossWeights::default(),
             noise: NoiseConfig::default(),
             train_decoder: true,
             augment: None,
         })
+    }
+
+    /// Member `i` of an ensemble trained from this configuration: seed `seed + i`, and the
+    /// validation hold-out of this configuration, shared by every member.
+    pub fn ensemble_member(&self, i: usize) -> Self {
+        Self {
+            seed: self.seed + i as u64,
+            ..self.with_explicit_split_seed()
+        }
+    }
+
+    /// The same configuration with the seeds that may differ between the members of one
+    /// ensemble set aside: equal for every member of a consistent ensemble.
+    pub fn without_member_seed(&self) -> Self {
+        Self {
+            seed: 0,
+            ..self.with_explicit_split_seed()
+        }
+    }
+
+    /// The same configuration with the hold-out's seed written out, so that a checkpoint from
+    /// before `split_seed` (`None`: the hold-out of `seed`) equals one that names it.
+    pub fn with_explicit_split_seed(&self) -> Self {
+        Self {
+            split_seed: Some(self.split_seed()),
+            ..self.clone()
+        }
+    }
+
+    /// The seed of the validation hold-out.
+    pub fn split_seed(&self) -> u64 {
+        self.split_seed.unwrap_or(self.seed)
     }
 
     pub fn classes(&self) -> ClassSpec {
@@ -146,7 +190,7 @@ pub fn train(
                 checkpoint_path.display()
             ))
         })?;
-        if saved != *config {
+        if saved.with_explicit_split_seed() != config.with_explicit_split_seed() {
             return Err(TrainError::Resume(format!(
                 "{} was trained with other arguments; resume with the same ones.\n saved: {}\n given: {}",
                 checkpoint_path.display(),
@@ -272,7 +316,7 @@ pub fn train(
         }
         let train_seconds = started.elapsed().as_secs_f64();
         let val = infer(
-            &net,
+            std::slice::from_ref(&net),
             &val_pixels,
             None,
             false,

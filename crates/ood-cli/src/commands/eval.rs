@@ -11,11 +11,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CalibrateArgs {
-    /// The checkpoint to calibrate.
+    /// The checkpoint to calibrate, or an ensemble folder from `ood train --ensemble N`.
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Where to write the calibration (default: calibration.json beside the checkpoint).
+    /// Where to write the calibration (default: calibration.json beside the checkpoint, or in the ensemble folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// The rule `predict` and `evaluate` apply: `accept` (the default score, its threshold set
@@ -43,14 +43,14 @@ pub struct CalibrateArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvaluateArgs {
-    /// The checkpoint to evaluate (calibrated first with `ood calibrate`).
+    /// The checkpoint or ensemble folder to evaluate (calibrated first with `ood calibrate`).
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
     /// Report folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// The calibration to apply (default: calibration.json beside the checkpoint).
+    /// The calibration to apply (default: calibration.json beside the checkpoint, or in the ensemble folder).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// Skip Fashion-MNIST even when it is in the data root.
@@ -100,7 +100,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         ..Default::default()
     };
     let (calibration, set) = ood_eval::calibrate(
-        &model.net,
+        &model.nets,
         &model.train,
         &splits.train,
         &splits.validation,
@@ -114,7 +114,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         .unwrap_or_else(|| default_calibration_path(&args.checkpoint));
     ood_eval::write_calibration(&out, &calibration)?;
     let fig_dir = out.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    write_calibration_figures(&fig_dir, &calibration, &set, model.net.config.image_size)?;
+    write_calibration_figures(&fig_dir, &calibration, &set, model.image_size())?;
     println!(
         "calibrated on {} held-out digits + {} synthetic OOD",
         calibration.n_in_distribution, calibration.n_synthetic_ood
@@ -171,7 +171,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         }
     }
     let (evaluation, sets) = ood_eval::evaluate(
-        &model.net,
+        &model.nets,
         &model.train,
         &calibration,
         &splits.validation,
@@ -189,7 +189,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         &sets,
         &ood_data::batch::to_unit_f32(&splits.test_known),
         &ood_data::batch::to_unit_f32(&splits.test_unknown),
-        model.net.config.image_size,
+        model.image_size(),
     )
     .with_context(|| format!("writing the report into {}", args.out.display()))?;
     println!("{}", summary_table(&evaluation));
@@ -200,7 +200,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOodArgs {
-    /// The checkpoint (calibrated first with `ood calibrate`).
+    /// The checkpoint or ensemble folder (calibrated first with `ood calibrate`).
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
@@ -216,7 +216,7 @@ pub struct BenchOodArgs {
     /// Images in each synthetic OOD set (noise, rotated digits).
     #[arg(long, default_value_t = 2_000)]
     pub synthetic_count: usize,
-    /// The calibration to use (default: calibration.json beside the checkpoint).
+    /// The calibration to use (default: calibration.json beside the checkpoint, or in the ensemble folder).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
@@ -275,7 +275,7 @@ pub fn bench_ood(args: &BenchOodArgs) -> Result<()> {
         ..Default::default()
     };
     let result = bench_ood(
-        &model.net,
+        &model.nets,
         &model.train,
         &calibration,
         &splits.train,

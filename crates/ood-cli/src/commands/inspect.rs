@@ -25,7 +25,26 @@ pub fn presets() -> Result<()> {
     Ok(())
 }
 
+/// Describes a checkpoint, or each member of an ensemble folder.
 pub fn checkpoint(path: &Path, json: bool) -> Result<()> {
+    let Some(members) = ood_eval::model::ensemble_members(path)? else {
+        return one_checkpoint(path, json);
+    };
+    if !json {
+        println!(
+            "ensemble of {} in {} (sha256 {})",
+            members.len(),
+            path.display(),
+            ood_eval::model_sha256(path)?
+        );
+    }
+    for member in &members {
+        one_checkpoint(member, json)?;
+    }
+    Ok(())
+}
+
+fn one_checkpoint(path: &Path, json: bool) -> Result<()> {
     let meta = Checkpoint::read_meta(path)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&meta)?);

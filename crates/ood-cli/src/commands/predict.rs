@@ -9,12 +9,12 @@ const PREDICT_STREAM: u64 = 30;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PredictArgs {
-    /// The checkpoint (calibrated with `ood calibrate`).
+    /// The checkpoint or ensemble folder (calibrated with `ood calibrate`).
     pub checkpoint: PathBuf,
     /// Image files: PNG, JPEG or PGM, any size; prepared as MNIST was.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// The calibration to apply (default: calibration.json beside the checkpoint).
+    /// The calibration to apply (default: calibration.json beside the checkpoint, or in the ensemble folder).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// One JSON object per image on standard output.
@@ -62,7 +62,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     }
     if !good.is_empty() {
         let scored = score_images(
-            &model.net,
+            &model.nets,
             &pixels,
             &model.train.noise,
             model.train.seed,

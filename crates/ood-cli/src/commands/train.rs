@@ -37,8 +37,19 @@ pub struct TrainArgs {
     pub warmup_steps: Option<u64>,
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Seed of the initialisation, batch order, noise and augmentation, and (unless
+    /// --split-seed) of the validation hold-out.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Seed of the validation hold-out, when it should differ from --seed.
+    #[arg(long)]
+    pub split_seed: Option<u64>,
+    /// Train N models into OUT/member-0 .. OUT/member-(N-1) with seeds SEED, SEED+1, ..., all
+    /// holding out the validation digits of --split-seed (else --seed); predict, calibrate,
+    /// evaluate and bench-ood take the folder OUT as one model. Members already in OUT are
+    /// resumed (finished ones are kept), so an interrupted ensemble continues where it stopped.
+    #[arg(long, value_name = "N")]
+    pub ensemble: Option<usize>,
     /// Use only the first N images of each split.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -87,6 +98,7 @@ impl TrainArgs {
         )?;
         let mut c = TrainConfig::new(&self.preset, &classes)?;
         c.seed = self.seed;
+        c.split_seed = self.split_seed;
         c.limit = self.limit;
         c.train_decoder = !self.no_decoder;
         c.augment = self.augment.then(ood_data::augment::AugmentConfig::default);
@@ -125,13 +137,46 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let split = SplitConfig {
         classes: config.classes(),
         validation_size: config.validation_size,
-        seed: config.seed,
+        seed: config.split_seed(),
         limit: config.limit,
     };
     let splits = Splits::new(&train_set, &test_set, &split)?;
     // A second registration (tests run several trainings in one process) is not an error.
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     INTERRUPTED.store(false, Ordering::SeqCst);
+    match args.ensemble {
+        None => train_one(args, &config, &splits, &device, &args.out, args.resume),
+        Some(0) => anyhow::bail!("--ensemble needs at least one member"),
+        Some(n) => {
+            for i in 0..n {
+                let member = &config.ensemble_member(i);
+                let out = args.out.join(ood_train::member_dir(i));
+                let resume = out.join(ood_train::CHECKPOINT_FILE).exists();
+                eprintln!(
+                    "member {} of {n} (seed {}){}",
+                    i + 1,
+                    member.seed,
+                    if resume { ": resuming" } else { "" }
+                );
+                train_one(args, member, &splits, &device, &out, resume)?;
+            }
+            println!(
+                "ensemble of {n} in {}: calibrate, evaluate and predict take this folder",
+                args.out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn train_one(
+    args: &TrainArgs,
+    config: &TrainConfig,
+    splits: &Splits,
+    device: &candle_core::Device,
+    out: &std::path::Path,
+    resume: bool,
+) -> Result<()> {
     eprintln!(
         "training preset {} on {} images ({} validation), {} epochs, batch {}, device {}, {} threads -> {}",
         config.preset,
@@ -141,18 +186,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         config.batch_size,
         args.device,
         std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
-        args.out.display()
+        out.display()
     );
     let started = std::time::Instant::now();
-    let summary = train(
-        &config,
-        &splits,
-        &device,
-        &args.out,
-        args.resume,
-        &INTERRUPTED,
-    )
-    .with_context(|| format!("training into {}", args.out.display()))?;
+    let summary = train(config, splits, device, out, resume, &INTERRUPTED)
+        .with_context(|| format!("training into {}", out.display()))?;
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     match summary.outcome {
         Outcome::Finished => {
