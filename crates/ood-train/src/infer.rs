@@ -139,7 +139,10 @@ mod tests {
         let pixels = images(5);
         let noised: Vec<f32> = pixels.iter().map(|p| 1.0 - p).collect();
         let run = |nets: &[OodNet]| infer(nets, &pixels, Some(&noised), true, 2, &Device::Cpu);
-        let (one_a, one_b) = (run(&[a.clone()]).unwrap(), run(&[b.clone()]).unwrap());
+        let (one_a, one_b) = (
+            run(std::slice::from_ref(&a)).unwrap(),
+            run(std::slice::from_ref(&b)).unwrap(),
+        );
         let both = run(&[a, b]).unwrap();
         assert_eq!((both.len(), both.num_classes), (5, 3));
         assert_eq!(both.feature_dim, 2 * one_a.feature_dim);
