@@ -83,20 +83,44 @@ fn trained(dir: &Path) -> bool {
         && meta["batch_in_epoch"] == 0
 }
 
-/// Trains (or resumes), calibrates and evaluates one model; returns evaluate's metrics.json.
+/// The member count of `--ensemble N` among training flags.
+fn ensemble_size(flags: &[String]) -> Result<Option<usize>> {
+    let Some(i) = flags.iter().position(|a| a == "--ensemble") else {
+        return Ok(None);
+    };
+    let n = flags.get(i + 1).context("--ensemble needs a value")?;
+    Ok(Some(n.parse().with_context(|| format!("--ensemble {n}"))?))
+}
+
+/// Trains (or resumes), calibrates and evaluates one model (a checkpoint, or with
+/// `--ensemble N` among the flags an ensemble folder); returns evaluate's metrics.json.
 fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool) -> Result<Value> {
     let d = dir.display().to_string();
-    let ckpt = format!("{d}/checkpoint.safetensors");
+    let flags: Vec<String> = study
+        .train_flags
+        .iter()
+        .chain(extra_train)
+        .cloned()
+        .collect();
+    let ensemble = ensemble_size(&flags)?;
+    let ckpt = match ensemble {
+        Some(_) => d.clone(),
+        None => format!("{d}/checkpoint.safetensors"),
+    };
     let started = Instant::now();
     let mut ran = false;
-    if !trained(dir) {
+    let finished = match ensemble {
+        // `ood train --ensemble` resumes unfinished members itself.
+        Some(n) => (0..n).all(|i| trained(&dir.join(format!("member-{i}")))),
+        None => trained(dir),
+    };
+    if !finished {
         ran = true;
         let mut a = vec!["train".to_string(), "--out".into(), d.clone()];
-        if dir.join("checkpoint.safetensors").exists() {
+        if ensemble.is_none() && dir.join("checkpoint.safetensors").exists() {
             a.push("--resume".into());
         }
-        a.extend(study.train_flags.iter().cloned());
-        a.extend(extra_train.iter().cloned());
+        a.extend(flags.iter().cloned());
         a.extend(study.data_flags.iter().cloned());
         ood(&[], &a)?;
     }
@@ -165,6 +189,18 @@ fn wall_time_line(dirs: &[PathBuf], started: Instant) -> String {
     }
 }
 
+/// The AUROC of the default score (`MinP[...]`) in one OOD set's metrics of metrics.json.
+fn default_score_auroc(set: Option<&Value>) -> Value {
+    set.and_then(|s| s["scores"].as_array())
+        .and_then(|scores| {
+            scores
+                .iter()
+                .find(|p| p[0].as_str().unwrap_or_default().starts_with("MinP["))
+        })
+        .map(|p| p[1]["auroc"].clone())
+        .unwrap_or(Value::Null)
+}
+
 fn pct(v: &Value) -> String {
     v.as_f64()
         .map_or("-".into(), |x| format!("{:.2}%", 100.0 * x))
@@ -185,7 +221,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// The ablations: k in {0, 1, 5}, the std loss off / intended / literal, the decoder off.
 pub fn ablate(args: &[String]) -> Result<()> {
     let study = StudyArgs::parse(args, "runs/ablate")?;
-    let variants: [(&str, &str, &[&str]); 7] = [
+    let variants: [(&str, &str, &[&str]); 8] = [
         ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
         ("k1", "k = 1, std intended (the default)", &[]),
         ("k5", "k = 5", &["--k", "5"]),
@@ -205,6 +241,11 @@ pub fn ablate(args: &[String]) -> Result<()> {
             "augmentation (rotation, scale, shift)",
             &["--augment"],
         ),
+        (
+            "ensemble",
+            "ensemble of 3 (seeds s, s+1, s+2)",
+            &["--ensemble", "3"],
+        ),
     ];
     if let Some(unknown) = study
         .only
@@ -220,7 +261,7 @@ pub fn ablate(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let mut md = String::new();
     let _ = writeln!(md, "Command: `cargo xtask ablate {}`\n", args.join(" "));
-    let _ = writeln!(md, "| variant | zero accuracy | else accuracy | closed-set accuracy | AUROC max softmax (zeros) | AUROC max softmax (Fashion) | histograms |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| variant | zero accuracy | else accuracy | closed-set accuracy | AUROC max softmax (zeros) | AUROC max softmax (Fashion) | AUROC default score (zeros) | AUROC default score (Fashion) | histograms |\n|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut dirs = Vec::new();
     for (name, what, flags) in variants {
@@ -232,19 +273,18 @@ pub fn ablate(args: &[String]) -> Result<()> {
         let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
         let m = run_model(&dir, &flags, &study, false)?;
         let e = &m["evaluation"];
-        let fashion = e["far"]
-            .as_array()
-            .and_then(|f| f.first())
-            .map(|f| f["msp"]["auroc"].clone())
-            .unwrap_or(Value::Null);
+        let fashion = e["far"].as_array().and_then(|f| f.first());
+        let fashion_msp = fashion.map_or(Value::Null, |f| f["msp"]["auroc"].clone());
         let _ = writeln!(
             md,
-            "| {what} | {} | {} | {} | {} | {} | [{name}]({name}/report/msp_hist.png) |",
+            "| {what} | {} | {} | {} | {} | {} | {} | {} | [{name}]({name}/report/msp_hist.png) |",
             pct(&e["unknown_detection"]),
             pct(&e["known_accuracy"]),
             pct(&e["closed_set_accuracy"]),
             num(&e["near"]["msp"]["auroc"]),
-            num(&fashion)
+            num(&fashion_msp),
+            num(&default_score_auroc(Some(&e["near"]))),
+            num(&default_score_auroc(fashion)),
         );
         rows.push(serde_json::json!({"variant": name, "description": what, "evaluation": e}));
     }
@@ -438,23 +478,13 @@ pub fn seeds(args: &[String]) -> Result<()> {
         )?;
         let e = &m["evaluation"];
         let fashion = e["far"].as_array().and_then(|f| f.first());
-        let default_auroc = |set: Option<&Value>| {
-            set.and_then(|s| s["scores"].as_array())
-                .and_then(|scores| {
-                    scores
-                        .iter()
-                        .find(|p| p[0].as_str().unwrap_or_default().starts_with("MinP["))
-                })
-                .map(|p| p[1]["auroc"].clone())
-                .unwrap_or(Value::Null)
-        };
         let values = [
             e["known_accuracy"].clone(),
             e["unknown_detection"].clone(),
             fashion.map_or(Value::Null, |f| f["flagged"].clone()),
             e["closed_set_accuracy"].clone(),
-            default_auroc(Some(&e["near"])),
-            default_auroc(fashion),
+            default_score_auroc(Some(&e["near"])),
+            default_score_auroc(fashion),
         ];
         for (column, v) in columns.iter_mut().zip(&values) {
             column.extend(v.as_f64());

@@ -224,6 +224,10 @@ pub struct OodMetrics {
     pub fpr_at_95_tpr: f64,
     /// [`detection_rate_at_id_acceptance`] at 95 % ID acceptance.
     pub detection_at_95_id: f64,
+    /// [`detection_rate_at_id_acceptance`] at 99 % ID acceptance: the operating point users
+    /// get by default (absent from results written before it existed).
+    #[serde(default)]
+    pub detection_at_99_id: f64,
     /// Number of ID samples.
     pub n_id: usize,
     /// Number of OOD samples.
@@ -238,6 +242,7 @@ pub fn ood_metrics(id_scores: &[f64], ood_scores: &[f64]) -> Result<OodMetrics> 
         aupr_out: aupr_out(id_scores, ood_scores)?,
         fpr_at_95_tpr: fpr_at_95_tpr(id_scores, ood_scores)?,
         detection_at_95_id: detection_rate_at_id_acceptance(id_scores, ood_scores, 0.95)?,
+        detection_at_99_id: detection_rate_at_id_acceptance(id_scores, ood_scores, 0.99)?,
         n_id: id_scores.len(),
         n_ood: ood_scores.len(),
     })

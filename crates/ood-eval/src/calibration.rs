@@ -11,12 +11,12 @@
 //!
 //! No test image is used.
 
-use crate::scoring::{score_images, ScoredSet};
+use crate::scoring::{score_images, FeatureDepth, ScoredSet};
 use crate::{EvalError, Result};
 use candle_core::Device;
 use ood_calibrate::{
     auroc, roc_curve, threshold_at_id_acceptance, CombinedRule, DetectionStats, Detector,
-    Explained, PValueCombination, RocPoint, Samples, Threshold, ThresholdRule,
+    Explained, PValueCombination, RocPoint, Threshold, ThresholdRule,
 };
 use ood_data::batch::{stream_rng, to_unit_f32};
 use ood_data::noise::{corrupt_batch, OodTransform};
@@ -133,6 +133,9 @@ pub struct AcceptRule {
     pub synthetic_auroc: f64,
     /// Training images the score's feature detector was fitted on.
     pub n_fit: usize,
+    /// The features its feature detector reads.
+    #[serde(default)]
+    pub features: FeatureDepth,
 }
 
 impl AcceptRule {
@@ -145,11 +148,12 @@ impl AcceptRule {
         synthetic: &ScoredSet,
         accept: f64,
     ) -> Result<Self> {
+        let features = FeatureDepth::AllStages;
         let mut score = PValueCombination::energy_mahalanobis();
-        score.fit(&samples(fit)?, fit_labels)?;
-        score.fit_reference(&samples(held_out)?)?;
-        let id = score.score(&samples(held_out)?)?;
-        let ood = score.score(&samples(synthetic)?)?;
+        score.fit(&fit.samples(features)?, fit_labels)?;
+        score.fit_reference(&held_out.samples(features)?)?;
+        let id = score.score(&held_out.samples(features)?)?;
+        let ood = score.score(&synthetic.samples(features)?)?;
         let threshold = threshold_at_id_acceptance(&id, accept)?;
         let share = |s: &[f64], flagged: bool| {
             s.iter().filter(|&&x| (x > threshold) == flagged).count() as f64 / s.len().max(1) as f64
@@ -162,29 +166,19 @@ impl AcceptRule {
             synthetic_auroc: auroc(&id, &ood)?,
             n_fit: fit.len(),
             score,
+            features,
         })
     }
 
     /// The score of every image of a set.
     pub fn scores(&self, set: &ScoredSet) -> Result<Vec<f64>> {
-        Ok(self.score.score(&samples(set)?)?)
+        Ok(self.score.score(&set.samples(self.features)?)?)
     }
 
     /// The score of every image with its parts (each member's raw score and p-value).
     pub fn explain(&self, set: &ScoredSet) -> Result<Vec<Explained>> {
-        Ok(self.score.explain(&samples(set)?)?)
+        Ok(self.score.explain(&set.samples(self.features)?)?)
     }
-}
-
-/// A scored set as the detectors take it.
-pub fn samples(s: &ScoredSet) -> Result<Samples<'_>> {
-    Ok(Samples::new(
-        &s.logits,
-        &s.features,
-        &s.recon_error,
-        s.num_classes,
-        s.feature_dim,
-    )?)
 }
 
 impl Calibration {

@@ -39,7 +39,7 @@ pub use calibration::{
 };
 pub use evaluation::{evaluate, Evaluation, OperatingPoint};
 pub use model::{load_model, model_sha256, LoadedModel};
-pub use scoring::{score_images, ScoredSet};
+pub use scoring::{score_images, FeatureDepth, ScoredSet};
 
 use ood_train::TrainConfig;
 use std::path::PathBuf;

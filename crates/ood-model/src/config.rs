@@ -30,6 +30,14 @@ impl ModelConfig {
         4 * self.width
     }
 
+    /// Channels of every stage's output together (W + 2W + 4W): the length of the feature
+    /// vector that pools each depth of the trunk ([`crate::OodNet::stage_features`]).
+    pub fn stage_feature_dim(&self) -> usize {
+        (0..self.blocks.len())
+            .map(|stage| self.width << stage)
+            .sum()
+    }
+
     /// Analytic forward multiply-adds per image, as (trunk, classifier, decoder).
     pub fn macs_per_image(&self) -> (u64, u64, u64) {
         let conv = |cin: usize, cout: usize, k: usize, out_side: usize| {

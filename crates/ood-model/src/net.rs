@@ -63,6 +63,8 @@ pub struct Trunk {
     stem: Conv2d,
     stem_bn: BatchNorm,
     blocks: Vec<BasicBlock>,
+    /// The number of blocks in each stage.
+    stage_blocks: Vec<usize>,
 }
 
 impl Trunk {
@@ -83,7 +85,25 @@ impl Trunk {
             stem: conv3x3(1, w, 1, vb.pp("stem"))?,
             stem_bn: bn(w, vb.pp("stem_bn"))?,
             blocks,
+            stage_blocks: config.blocks.to_vec(),
         })
+    }
+}
+
+impl Trunk {
+    /// The feature map at the end of each stage (W@28x28, 2W@14x14, 4W@7x7), in evaluation
+    /// or training mode: what detectors that look at several depths read.
+    pub fn stage_outputs(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let mut h = self.stem_bn.forward_t_relu(&x.apply(&self.stem)?, train)?;
+        let mut outputs = Vec::new();
+        let mut blocks = self.blocks.iter();
+        for &n in &self.stage_blocks {
+            for block in blocks.by_ref().take(n) {
+                h = h.apply_t(block, train)?;
+            }
+            outputs.push(h.clone());
+        }
+        Ok(outputs)
     }
 }
 
@@ -169,6 +189,12 @@ impl OodNet {
     /// The trunk's feature map `(N, 4W, 7, 7)`.
     pub fn features(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         images.apply_t(&self.trunk, train)
+    }
+
+    /// The trunk's feature map at the end of each stage (see [`Trunk::stage_outputs`]); the
+    /// last is [`OodNet::features`].
+    pub fn stage_features(&self, images: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        self.trunk.stage_outputs(images, train)
     }
 
     /// Global average pooling of a feature map: `(N, C, H, W)` -> `(N, C)`.

@@ -9,12 +9,18 @@ use ood_model::OodNet;
 pub struct Inference {
     /// `n * num_classes` logits, row-major.
     pub logits: Vec<f32>,
-    /// `n * feature_dim` pooled trunk features, row-major.
+    /// `n * feature_dim` pooled trunk features (the last stage's, which the classifier
+    /// reads), row-major.
     pub pooled: Vec<f32>,
+    /// `n * stage_feature_dim` pooled features of every stage of the trunk side by side
+    /// (shallow to deep), row-major: what feature detectors read, since the shallow stages
+    /// see the strokes that the last one has abstracted away.
+    pub stage_pooled: Vec<f32>,
     /// `n * pixels` decoder outputs, row-major (empty unless asked for).
     pub reconstructions: Vec<f32>,
     pub num_classes: usize,
     pub feature_dim: usize,
+    pub stage_feature_dim: usize,
 }
 
 impl Inference {
@@ -46,7 +52,8 @@ impl Inference {
 ///
 /// Several nets are an ensemble, read as one model: the mean of their logits (so softmax and
 /// energy are those of the averaged logits), their pooled features side by side (member 0's
-/// first), and the mean of their reconstructions. One net is the plain model.
+/// first; the same for the stage features), and the mean of their reconstructions. One net
+/// is the plain model.
 pub fn infer(
     nets: &[OodNet],
     pixels: &[f32],
@@ -65,6 +72,7 @@ pub fn infer(
     let mut out = Inference {
         num_classes: first.config.num_classes,
         feature_dim: nets.iter().map(|net| net.config.feature_dim()).sum(),
+        stage_feature_dim: nets.iter().map(|net| net.config.stage_feature_dim()).sum(),
         ..Default::default()
     };
     for start in (0..n).step_by(batch_size.max(1)) {
@@ -78,12 +86,19 @@ pub fn infer(
         };
         let images = batch(pixels)?;
         let decoder_images = decoder_input.map(batch).transpose()?;
-        let (mut logits, mut pooled, mut reconstructions) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut logits, mut pooled, mut stage_pooled, mut reconstructions) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for net in nets {
-            let features = net.features(&images, false)?;
-            let net_pooled = OodNet::pool(&features)?;
+            let stages = net.stage_features(&images, false)?;
+            let each_pooled = stages
+                .iter()
+                .map(OodNet::pool)
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let net_pooled = each_pooled.last().expect("a trunk has stages").clone();
             logits.push(net.classify(&net_pooled)?);
             pooled.push(net_pooled);
+            stage_pooled.push(Tensor::cat(&each_pooled, 1)?);
+            let features = stages.last().expect("a trunk has stages").clone();
             if keep_reconstructions {
                 let features = match &decoder_images {
                     Some(d) => net.features(d, false)?,
@@ -97,6 +112,11 @@ pub fn infer(
             .extend(mean(&logits)?.flatten_all()?.to_vec1::<f32>()?);
         out.pooled
             .extend(Tensor::cat(&pooled, 1)?.flatten_all()?.to_vec1::<f32>()?);
+        out.stage_pooled.extend(
+            Tensor::cat(&stage_pooled, 1)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
         if keep_reconstructions {
             out.reconstructions
                 .extend(mean(&reconstructions)?.flatten_all()?.to_vec1::<f32>()?);
@@ -146,6 +166,7 @@ mod tests {
         let both = run(&[a, b]).unwrap();
         assert_eq!((both.len(), both.num_classes), (5, 3));
         assert_eq!(both.feature_dim, 2 * one_a.feature_dim);
+        assert_eq!(both.stage_feature_dim, 2 * one_a.stage_feature_dim);
         let close = |x: f32, y: f32| (x - y).abs() <= 1e-5 * (1.0 + y.abs());
         for (i, m) in both.logits.iter().enumerate() {
             assert!(
@@ -162,6 +183,9 @@ mod tests {
             let row = &both.pooled[img * 2 * d..(img + 1) * 2 * d];
             assert_eq!(&row[..d], &one_a.pooled[img * d..(img + 1) * d]);
             assert_eq!(&row[d..], &one_b.pooled[img * d..(img + 1) * d]);
+            let d = one_a.stage_feature_dim;
+            let row = &both.stage_pooled[img * 2 * d..(img + 1) * 2 * d];
+            assert_eq!(&row[..d], &one_a.stage_pooled[img * d..(img + 1) * d]);
         }
         // The members disagree, so the mean is neither of them.
         assert!(one_a
