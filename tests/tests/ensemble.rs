@@ -81,6 +81,11 @@ fn an_ensemble_trains_into_members_and_is_used_as_one_model() {
             .unwrap();
     assert_eq!(cal["checkpoint_sha256"], before.as_str());
     assert_eq!(cal["n_in_distribution"], 200);
+    // Mahalanobis reads every depth of both members: 2 x (W + 2W + 4W) features.
+    assert_eq!(cal["accept_rule"]["features"], "all-stages");
+    let fitted = &cal["accept_rule"]["score"]["members"][1]["Mahalanobis"]["fitted"];
+    let width = m0["model"]["width"].as_u64().unwrap();
+    assert_eq!(fitted["dim"].as_u64(), Some(2 * 7 * width));
     let report = dir.path().join("report");
     run(&[
         "evaluate",
