@@ -33,11 +33,11 @@ pub mod report;
 pub mod scoring;
 
 pub use calibration::{
-    calibrate, read_calibration, write_calibration, AcceptRule, Calibration, CalibrationConfig,
-    Decision, CALIBRATION_FILE,
+    calibrate, parse_calibration, read_calibration, write_calibration, AcceptRule, Calibration,
+    CalibrationConfig, Decision, CALIBRATION_FILE,
 };
 pub use evaluation::{evaluate, Evaluation, OperatingPoint};
-pub use scoring::{score_images, ScoredSet};
+pub use scoring::{score_images, score_images_independently, ScoredSet};
 
 use candle_core::Device;
 use ood_model::{Checkpoint, CheckpointMeta, OodNet};
@@ -78,7 +78,14 @@ pub struct LoadedModel {
 
 /// Loads a checkpoint written by the training stage.
 pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
-    let ck = Checkpoint::load(path, device)?;
+    let bytes = std::fs::read(path).map_err(|e| EvalError::Io(path.to_path_buf(), e))?;
+    load_model_from_bytes(&bytes, path, device)
+}
+
+/// Loads a checkpoint held in memory (a model embedded in a binary); `path` is what errors and
+/// [`LoadedModel::path`] call it.
+pub fn load_model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<LoadedModel> {
+    let ck = Checkpoint::from_bytes(bytes, path, device)?;
     let train: TrainConfig = serde_json::from_value(ck.meta.training.clone()).map_err(|e| {
         EvalError::Checkpoint(
             path.to_path_buf(),
@@ -92,6 +99,22 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
         train,
         net,
     })
+}
+
+/// Loads a checkpoint and its calibration (by default `calibration.json` beside it), which must
+/// have been made for exactly this checkpoint.
+pub fn calibrated_model(
+    checkpoint: &Path,
+    calibration: Option<&Path>,
+    device: &Device,
+) -> Result<(LoadedModel, Calibration)> {
+    let model = load_model(checkpoint, device)?;
+    let path = calibration.map_or_else(
+        || calibration::default_calibration_path(checkpoint),
+        Path::to_path_buf,
+    );
+    let calibration = read_calibration(&path, checkpoint)?;
+    Ok((model, calibration))
 }
 
 /// The split configuration a model was trained with (so calibration uses its hold-out).
