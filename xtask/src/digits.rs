@@ -2,8 +2,11 @@
 //! they look like hand-drawn digits (dark ink on white paper, any size), which is what the
 //! server prepares the MNIST way.
 
-/// Polylines of each digit 1-9 in a unit square (x right, y down).
-const DIGITS: [(u8, &[&[(f32, f32)]]); 9] = [
+/// Polylines: each a list of points in a unit square (x right, y down).
+type Strokes = &'static [&'static [(f32, f32)]];
+
+/// Polylines of each digit 1-9.
+const DIGITS: [(u8, Strokes); 9] = [
     (1, &[&[(0.35, 0.25), (0.52, 0.1), (0.52, 0.9)]]),
     (
         2,

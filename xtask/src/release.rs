@@ -145,10 +145,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "{}",
         ood_output(&["strip", &s(&source), "--out", &s(&stripped)])?
     );
-    let mut cal = vec!["calibrate", &s(&stripped)]
-        .iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>();
+    let mut cal = vec!["calibrate".to_string(), s(&stripped)];
     cal.extend(["--out".into(), s(&calibration)]);
     cal.extend(calibrate_args.iter().cloned());
     let cal_refs: Vec<&str> = cal.iter().map(String::as_str).collect();

@@ -105,11 +105,16 @@ async fn run(
             pixels.extend_from_slice(&j.pixels);
         }
         let m = model.clone();
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || m.predict(&pixels)).await;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.predictions.fetch_add(n as u64, Ordering::Relaxed);
         stats.largest_batch.fetch_max(n as u64, Ordering::Relaxed);
-        tracing::debug!(batch = n, "batch done");
+        tracing::debug!(
+            batch = n,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "batch done"
+        );
         match result {
             Ok(Ok(predictions)) => {
                 for (job, p) in jobs.into_iter().zip(predictions) {

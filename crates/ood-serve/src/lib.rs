@@ -303,7 +303,7 @@ const IMAGE_TYPES: &[&str] = &[
     "application/octet-stream",
 ];
 
-fn input_kind(headers: &HeaderMap) -> Result<Input, Response> {
+fn input_kind(headers: &HeaderMap) -> Result<Input, Box<Response>> {
     let unsupported = |what: String| {
         error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -314,7 +314,7 @@ fn input_kind(headers: &HeaderMap) -> Result<Input, Response> {
         )
     };
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Err(unsupported("no Content-Type".into()));
+        return Err(Box::new(unsupported("no Content-Type".into())));
     };
     let mime = value
         .to_str()
@@ -329,18 +329,22 @@ fn input_kind(headers: &HeaderMap) -> Result<Input, Response> {
     } else if IMAGE_TYPES.contains(&mime.as_str()) {
         Ok(Input::Image)
     } else {
-        Err(unsupported(format!(
+        Err(Box::new(unsupported(format!(
             "Content-Type {mime:?} is not supported"
-        )))
+        ))))
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Response> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, Box<Response>> {
     let too_large = || {
-        error(
+        Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is over the limit of {limit} bytes"),
-        )
+        ))
     };
     // A declared length over the limit is refused before anything is read.
     let declared = headers
@@ -353,10 +357,10 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes().to_vec()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(error(
+        Err(e) => Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("cannot read the body: {e}"),
-        )),
+        ))),
     }
 }
 
@@ -398,11 +402,11 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
     };
     let kind = match input_kind(&headers) {
         Ok(k) => k,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let bytes = match read_body(&headers, body, app.config.max_body_bytes).await {
         Ok(b) => b,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let per = app.model.image_len();
     let prepared = match kind {

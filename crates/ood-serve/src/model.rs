@@ -151,7 +151,7 @@ impl Model {
     /// other images of the batch: each is noised for the decoder as if it were alone.
     pub fn predict(&self, pixels: &[f32]) -> Result<Vec<Prediction>> {
         let per = self.image_len();
-        if pixels.is_empty() || pixels.len() % per != 0 {
+        if pixels.is_empty() || !pixels.len().is_multiple_of(per) {
             return Err(ServeError::BadInput(format!(
                 "{} values are not whole {per}-pixel images",
                 pixels.len()

@@ -79,7 +79,9 @@ async fn malformed_requests_get_a_4xx_with_a_json_error_and_the_server_stays_up(
         out
     };
     let pixels = |n: usize, v: f64| serde_json::json!({ "pixels": vec![v; n] }).to_string();
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (what, content type, body, status wanted, what the error says)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "text",
             Some("text/plain"),
