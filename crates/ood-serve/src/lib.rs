@@ -35,7 +35,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use batcher::{Batcher, Refused};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use model::{Model, Prediction};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -335,6 +335,14 @@ fn input_kind(headers: &HeaderMap) -> Result<Input, Box<Response>> {
     }
 }
 
+/// A body over the limit is still read (and thrown away) up to this many bytes before the 413
+/// goes out, as nginx's lingering close does: a server that closes a connection with unread
+/// data makes the kernel send a reset, which can destroy the 413 before the client reads it.
+/// Larger bodies are cut off at once.
+const DRAIN_LIMIT: u64 = 64 << 20;
+/// How long draining an oversized body may take.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
 async fn read_body(
     headers: &HeaderMap,
     body: Body,
@@ -346,22 +354,53 @@ async fn read_body(
             format!("the body is over the limit of {limit} bytes"),
         ))
     };
-    // A declared length over the limit is refused before anything is read.
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(Box::new(error(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the body: {e}"),
-        ))),
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let mut total = 0u64;
+    let over = declared.is_some_and(|n| n > limit as u64);
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        let frame = if total > limit as u64 || over {
+            // Draining: bounded in bytes and time.
+            if total > DRAIN_LIMIT {
+                return Err(too_large());
+            }
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => return Err(too_large()),
+            }
+        } else {
+            body.frame().await
+        };
+        match frame {
+            None => break,
+            Some(Err(e)) => {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
+                )))
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    total += data.len() as u64;
+                    if total <= limit as u64 && !over {
+                        bytes.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
     }
+    if over || total > limit as u64 {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 fn parse_pixels(bytes: &[u8], expected: usize) -> Result<Vec<f32>, String> {

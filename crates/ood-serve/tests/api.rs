@@ -111,6 +111,16 @@ async fn malformed_requests_get_a_4xx_with_a_json_error_and_the_server_stays_up(
             413,
             "over the limit of 50000 bytes",
         ),
+        // Far over. The server reads such a body away before answering, so that the client
+        // sees the 413 rather than a connection reset; the reset is a race (it hit once in
+        // three load tests before), so this case alone does not catch its return.
+        (
+            "far too large",
+            Some("image/png"),
+            vec![0; 10 << 20],
+            413,
+            "over the limit",
+        ),
         (
             "10000x1",
             Some("image/png"),
