@@ -181,7 +181,7 @@ fn train_calibrate_evaluate_writes_every_file() {
         std::fs::write(&f, pgm).unwrap();
         files.push(f.to_str().unwrap().to_string());
     }
-    let mut args = vec!["predict", ckpt_s, "--json"];
+    let mut args = vec!["predict", "--checkpoint", ckpt_s, "--json"];
     args.extend(files.iter().map(String::as_str));
     run(&args);
     let bad = dir.path().join("notes.png");

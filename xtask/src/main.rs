@@ -5,6 +5,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod digits;
+mod loadtest;
+mod release;
 mod studies;
 
 const USAGE: &str = "usage: cargo xtask <task> [args...]
@@ -28,11 +31,19 @@ tasks:
   inspect [CKPT]    describe a checkpoint (default runs/default/checkpoint.safetensors)
   bench [ARGS]      measure training and inference throughput (`ood bench`; --quick: about a
                     minute; --device cuda: the presets on a GPU, beside PyTorch)
+  release-model [--from RUN_DIR] [ARGS]
+                    the shipped model in assets/models/default: RUN_DIR's checkpoint (default
+                    runs/default, trained first if missing) without optimizer state,
+                    recalibrated (ARGS go to `ood calibrate`), with provenance.json
+  serve [ARGS]      serve the shipped model and the drawing page (`ood serve`)
+  loadtest [--clients N] [--seconds S]
+                    a release `ood serve` under N clients for S seconds (default 32, 10), then
+                    malformed requests; fails if one gets no 4xx or the server dies
   ci                run what CI runs (.ci/run)
 
 Data: --data-dir DIR, or OOD_DATA_DIR, else assets/data.";
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the workspace root")
@@ -106,7 +117,7 @@ fn main() -> Result<()> {
             a.extend(with_default(rest, "--out", "runs/default"));
             ood(&[], &a)
         }
-        "data-info" | "presets" | "bench" => {
+        "data-info" | "presets" | "bench" | "serve" => {
             let mut a = vec![task.clone()];
             a.extend(rest.iter().cloned());
             ood(&[], &a)
@@ -131,6 +142,8 @@ fn main() -> Result<()> {
             a.extend(with_default(rest, "--out", "runs/default/bench-ood"));
             ood(&[], &a)
         }
+        "release-model" => release::run(rest),
+        "loadtest" => loadtest::run(rest),
         "ablate" => studies::ablate(rest),
         "sweep" => studies::sweep(rest),
         "seeds" => studies::seeds(rest),

@@ -1,7 +1,7 @@
 //! The `ood` command line: a thin layer that parses arguments and calls the library crates.
 //!
 //! Everything here is argument parsing, printing and wiring; the work itself lives in
-//! `ood-data`, `ood-model`, `ood-train` and `ood-calibrate`. [`run`] is the whole program, so
+//! `ood-data`, `ood-model`, `ood-train`, `ood-calibrate`, `ood-eval` and `ood-serve`. [`run`] is the whole program, so
 //! tests can drive it in-process.
 //!
 //! ```
@@ -67,8 +67,17 @@ pub enum Command {
     BenchOod(Box<commands::eval::BenchOodArgs>),
     /// Measure training and inference throughput on this machine.
     Bench(Box<commands::bench::BenchArgs>),
-    /// Classify image files, or say they are unknown.
+    /// Classify image files, or say they are unknown (default: with the shipped model).
     Predict(Box<commands::predict::PredictArgs>),
+    /// Serve predictions over HTTP, with a page to draw digits on (default: the shipped model).
+    Serve(Box<commands::serve::ServeArgs>),
+    /// Copy a checkpoint without its training state (what inference needs; cannot be resumed).
+    Strip {
+        checkpoint: PathBuf,
+        /// Where to write the stripped checkpoint.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Describe a checkpoint: configuration, classes, epoch, metrics.
     Inspect {
         checkpoint: PathBuf,
@@ -92,7 +101,13 @@ where
         }
         anyhow::anyhow!(e.to_string().trim_end().to_string())
     })?;
-    init_logging(cli.verbose);
+    // A server says what it serves by default; the other commands only warn.
+    let quiet = if matches!(cli.command, Command::Serve(_)) {
+        "warn,ood_serve=info,tower_http=info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.verbose, quiet);
     ood_model::configure_threads(cli.threads);
     ood_model::tune_allocator();
     match cli.command {
@@ -105,13 +120,15 @@ where
         Command::BenchOod(args) => commands::eval::bench_ood(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::Predict(args) => commands::predict::run(&args),
+        Command::Serve(args) => commands::serve::run(&args),
+        Command::Strip { checkpoint, out } => commands::inspect::strip(&checkpoint, &out),
         Command::Inspect { checkpoint, json } => commands::inspect::checkpoint(&checkpoint, json),
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: &str) {
     let default = match verbose {
-        0 => "warn",
+        0 => quiet,
         1 => "info,ood=debug",
         _ => "trace",
     };
@@ -121,5 +138,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

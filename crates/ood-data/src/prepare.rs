@@ -109,41 +109,87 @@ pub fn load_image(path: &Path) -> Result<LumaImage, DataError> {
         path: path.to_path_buf(),
         source,
     })?;
-    if bytes.is_empty() {
-        return Err(DataError::Empty {
+    decode_image(&bytes, None).map_err(|e| match e {
+        DecodeError::Empty => DataError::Empty {
             path: path.to_path_buf(),
-        });
+        },
+        other => DataError::Corrupt {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    })
+}
+
+/// Why image bytes cannot be decoded (no file name: [`load_image`] adds it; a server answers
+/// with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the image is empty (0 bytes)")]
+    Empty,
+    #[error("not an image: the content is not PNG, JPEG or PGM/PNM")]
+    NotAnImage,
+    #[error("unsupported image format {0}: convert it to PNG, JPEG or PGM")]
+    Unsupported(String),
+    #[error("cannot decode the {format}: {reason}")]
+    Undecodable { format: String, reason: String },
+    #[error("the {format} has no pixels ({width}x{height})")]
+    NoPixels {
+        format: String,
+        width: u32,
+        height: u32,
+    },
+    #[error("the {format} is {width}x{height}: at most {max_side} pixels a side are accepted")]
+    TooLarge {
+        format: String,
+        width: u32,
+        height: u32,
+        max_side: u32,
+    },
+}
+
+/// Decodes PNG, JPEG or PGM/PNM bytes as [`load_image`] does. With `max_side`, an image wider
+/// or taller than that is refused from its header, before any pixel is decoded, so a small file
+/// that claims a huge size (a decompression bomb) costs nothing.
+pub fn decode_image(bytes: &[u8], max_side: Option<u32>) -> Result<LumaImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
     }
-    let corrupt = |reason: String| DataError::Corrupt {
-        path: path.to_path_buf(),
-        reason,
-    };
     // The content decides the format, not the name: a text file called x.png is not a PNG.
-    let format = image::guess_format(&bytes).map_err(|_| {
-        corrupt("not an image: the content is not PNG, JPEG or PGM/PNM".to_string())
-    })?;
+    let format = image::guess_format(bytes).map_err(|_| DecodeError::NotAnImage)?;
     let name = format_name(format);
     if !matches!(
         format,
         ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Pnm
     ) {
-        return Err(corrupt(format!(
-            "unsupported image format {name}: convert it to PNG, JPEG or PGM"
-        )));
+        return Err(DecodeError::Unsupported(name));
     }
-    let cannot_decode = |e: image::ImageError| corrupt(format!("cannot decode the {name}: {e}"));
-    let mut decoder = ImageReader::with_format(Cursor::new(&bytes), format)
+    let cannot_decode = |e: image::ImageError| DecodeError::Undecodable {
+        format: name.clone(),
+        reason: e.to_string(),
+    };
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
         .into_decoder()
         .map_err(cannot_decode)?;
+    if let Some(max_side) = max_side {
+        let (width, height) = decoder.dimensions();
+        if width > max_side || height > max_side {
+            return Err(DecodeError::TooLarge {
+                format: name,
+                width,
+                height,
+                max_side,
+            });
+        }
+    }
     let orientation = decoder.orientation().map_err(cannot_decode)?;
     let mut decoded = DynamicImage::from_decoder(decoder).map_err(cannot_decode)?;
     decoded.apply_orientation(orientation);
     if decoded.width() == 0 || decoded.height() == 0 {
-        return Err(corrupt(format!(
-            "the {name} has no pixels ({}x{})",
-            decoded.width(),
-            decoded.height()
-        )));
+        return Err(DecodeError::NoPixels {
+            format: name,
+            width: decoded.width(),
+            height: decoded.height(),
+        });
     }
     Ok(to_luma(&decoded))
 }
@@ -830,6 +876,38 @@ mod tests {
         let err = load_image(&empty).unwrap_err();
         assert!(matches!(err, DataError::Empty { .. }), "{err:?}");
         assert!(err.to_string().contains("empty.jpg"));
+    }
+
+    #[test]
+    fn bytes_decode_like_files_and_oversized_images_are_refused_from_the_header() {
+        let mut png = Vec::new();
+        gray(100, 60, dark_on_white(100, 60))
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        let image = decode_image(&png, Some(100)).unwrap();
+        assert_eq!((image.width, image.height), (100, 60));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.png");
+        std::fs::write(&path, &png).unwrap();
+        assert_eq!(load_image(&path).unwrap(), image);
+        assert_eq!(
+            decode_image(&png, Some(99)).unwrap_err(),
+            DecodeError::TooLarge {
+                format: "PNG".into(),
+                width: 100,
+                height: 60,
+                max_side: 99
+            }
+        );
+        // A PGM header claiming 100000x100000 pixels with no pixel data: refused from the
+        // header, without trying to allocate ten gigabytes.
+        let bomb = b"P5 100000 100000 255\n";
+        assert!(matches!(
+            decode_image(bomb, Some(4096)),
+            Err(DecodeError::TooLarge { width: 100000, .. })
+        ));
+        assert_eq!(decode_image(b"", None), Err(DecodeError::Empty));
+        assert_eq!(decode_image(b"{}", None), Err(DecodeError::NotAnImage));
     }
 
     #[test]

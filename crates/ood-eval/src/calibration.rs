@@ -469,10 +469,22 @@ pub fn read_calibration(path: &Path, checkpoint: &Path) -> Result<Calibration> {
             checkpoint.display()
         ))
     })?;
-    let calibration: Calibration = serde_json::from_str(&text).map_err(|e| {
+    let sha = crate::model_sha256(checkpoint)?;
+    parse_calibration(&text, path, checkpoint, &sha)
+}
+
+/// Parses a calibration read from `path` (a file, or the name of one embedded in a binary) and
+/// checks that it was made for the checkpoint `checkpoint` whose SHA-256 is `checkpoint_sha256`.
+pub fn parse_calibration(
+    text: &str,
+    path: &Path,
+    checkpoint: &Path,
+    checkpoint_sha256: &str,
+) -> Result<Calibration> {
+    let calibration: Calibration = serde_json::from_str(text).map_err(|e| {
         EvalError::Calibration(format!("{}: not a calibration file: {e}", path.display()))
     })?;
-    let sha = crate::model_sha256(checkpoint)?;
+    let sha = checkpoint_sha256;
     if calibration.checkpoint_sha256 != sha {
         return Err(EvalError::Calibration(format!(
             "{} was made for another checkpoint (sha256 {}), not {} (sha256 {sha}): calibrate this checkpoint again",

@@ -34,12 +34,12 @@ pub mod report;
 pub mod scoring;
 
 pub use calibration::{
-    calibrate, read_calibration, write_calibration, AcceptRule, Calibration, CalibrationConfig,
-    Decision, CALIBRATION_FILE,
+    calibrate, parse_calibration, read_calibration, write_calibration, AcceptRule, Calibration,
+    CalibrationConfig, Decision, CALIBRATION_FILE,
 };
 pub use evaluation::{evaluate, Evaluation, OperatingPoint};
-pub use model::{load_model, model_sha256, LoadedModel};
-pub use scoring::{score_images, FeatureDepth, ScoredSet};
+pub use model::{calibrated_model, load_model, load_model_from_bytes, model_sha256, LoadedModel};
+pub use scoring::{score_images, score_images_independently, FeatureDepth, ScoredSet};
 
 use ood_train::TrainConfig;
 use std::path::PathBuf;

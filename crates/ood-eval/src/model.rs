@@ -2,7 +2,7 @@
 //! (`member-0/checkpoint.safetensors`, ... as `ood train --ensemble N` writes them) read as one
 //! model.
 
-use crate::{EvalError, Result};
+use crate::{Calibration, EvalError, Result};
 use candle_core::Device;
 use ood_model::{Checkpoint, CheckpointMeta, OodNet};
 use ood_train::TrainConfig;
@@ -72,23 +72,17 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
     let members = ensemble_members(path)?.unwrap_or_else(|| vec![path.to_path_buf()]);
     let mut loaded: Option<LoadedModel> = None;
     for file in &members {
-        let ck = Checkpoint::load(file, device)?;
-        let train: TrainConfig = serde_json::from_value(ck.meta.training.clone()).map_err(|e| {
-            EvalError::Checkpoint(file.clone(), format!("unreadable training arguments: {e}"))
-        })?;
-        let (_, net) = ck.build_model(file, device)?;
+        let bytes = std::fs::read(file).map_err(|e| EvalError::Io(file.clone(), e))?;
+        let member = load_model_from_bytes(&bytes, file, device)?;
         match &mut loaded {
             None => {
                 loaded = Some(LoadedModel {
                     path: path.to_path_buf(),
-                    meta: ck.meta,
-                    train,
-                    nets: vec![net],
-                    members: vec![file.clone()],
+                    ..member
                 })
             }
             Some(model) => {
-                if train.without_member_seed() != model.train.without_member_seed() {
+                if member.train.without_member_seed() != model.train.without_member_seed() {
                     return Err(EvalError::Checkpoint(
                         file.clone(),
                         format!(
@@ -97,12 +91,48 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
                         ),
                     ));
                 }
-                model.nets.push(net);
-                model.members.push(file.clone());
+                model.nets.extend(member.nets);
+                model.members.extend(member.members);
             }
         }
     }
     Ok(loaded.expect("at least one member"))
+}
+
+/// Loads one checkpoint held in memory (a model embedded in a binary); `path` is what errors
+/// and [`LoadedModel::path`] call it.
+pub fn load_model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<LoadedModel> {
+    let ck = Checkpoint::from_bytes(bytes, path, device)?;
+    let train: TrainConfig = serde_json::from_value(ck.meta.training.clone()).map_err(|e| {
+        EvalError::Checkpoint(
+            path.to_path_buf(),
+            format!("unreadable training arguments: {e}"),
+        )
+    })?;
+    let (_, net) = ck.build_model(path, device)?;
+    Ok(LoadedModel {
+        path: path.to_path_buf(),
+        meta: ck.meta,
+        train,
+        nets: vec![net],
+        members: vec![path.to_path_buf()],
+    })
+}
+
+/// Loads a checkpoint or ensemble folder and its calibration (by default `calibration.json`
+/// beside the checkpoint or in the folder), which must have been made for exactly this model.
+pub fn calibrated_model(
+    checkpoint: &Path,
+    calibration: Option<&Path>,
+    device: &Device,
+) -> Result<(LoadedModel, Calibration)> {
+    let model = load_model(checkpoint, device)?;
+    let path = calibration.map_or_else(
+        || crate::calibration::default_calibration_path(checkpoint),
+        Path::to_path_buf,
+    );
+    let calibration = crate::read_calibration(&path, checkpoint)?;
+    Ok((model, calibration))
 }
 
 /// The SHA-256 that ties a calibration or report to a model: the file's own for a checkpoint;

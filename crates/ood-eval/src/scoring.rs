@@ -92,7 +92,6 @@ pub fn score_images(
     device: &Device,
 ) -> Result<ScoredSet> {
     let side = nets[0].config.image_size;
-    let per = side * side;
     let mut noised = pixels.to_vec();
     corrupt_batch(
         &mut noised,
@@ -101,6 +100,39 @@ pub fn score_images(
         noise,
         &mut stream_rng(seed, stream, 0),
     );
+    score_noised(nets, pixels, noised, batch_size, device)
+}
+
+/// [`score_images`], but each image is noised as if it were alone in the set: an image's
+/// reconstruction error does not depend on the images scored with it (a server batching
+/// unrelated requests together needs that), and equals what [`score_images`] gives for that
+/// image alone.
+pub fn score_images_independently(
+    nets: &[OodNet],
+    pixels: &[f32],
+    noise: &NoiseConfig,
+    seed: u64,
+    stream: u64,
+    batch_size: usize,
+    device: &Device,
+) -> Result<ScoredSet> {
+    let side = nets[0].config.image_size;
+    let mut noised = pixels.to_vec();
+    for image in noised.chunks_exact_mut(side * side) {
+        corrupt_batch(image, side, side, noise, &mut stream_rng(seed, stream, 0));
+    }
+    score_noised(nets, pixels, noised, batch_size, device)
+}
+
+fn score_noised(
+    nets: &[OodNet],
+    pixels: &[f32],
+    noised: Vec<f32>,
+    batch_size: usize,
+    device: &Device,
+) -> Result<ScoredSet> {
+    let side = nets[0].config.image_size;
+    let per = side * side;
     let out = infer(nets, pixels, Some(&noised), true, batch_size, device)?;
     let msp = (0..out.len())
         .map(|i| ood_calibrate::max_softmax(out.logits_row(i)))
@@ -129,4 +161,31 @@ pub fn score_images(
         feature_dim: out.feature_dim,
         stage_feature_dim: out.stage_feature_dim,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn independent_noise_does_not_depend_on_batch_mates() {
+        let config = ood_model::preset("tiny", 9).unwrap();
+        let (_vars, net) = ood_model::build(&config, &Device::Cpu, 0).unwrap();
+        let per = 28 * 28;
+        let a: Vec<f32> = (0..per).map(|i| (i % 7) as f32 / 7.0).collect();
+        let b: Vec<f32> = (0..per).map(|i| (i % 5) as f32 / 5.0).collect();
+        let noise = NoiseConfig::default();
+        let cpu = &Device::Cpu;
+        let alone = score_images(std::slice::from_ref(&net), &b, &noise, 3, 30, 8, cpu).unwrap();
+        let pair = [a.clone(), b.clone()].concat();
+        let together =
+            score_images_independently(std::slice::from_ref(&net), &pair, &noise, 3, 30, 8, cpu)
+                .unwrap();
+        assert_eq!(together.noised[per..], alone.noised[..]);
+        assert!((together.recon_error[1] - alone.recon_error[0]).abs() < 1e-6);
+        // Noised as one set, the second image gets other noise than alone.
+        let shared =
+            score_images(std::slice::from_ref(&net), &pair, &noise, 3, 30, 8, cpu).unwrap();
+        assert_ne!(shared.noised[per..], alone.noised[..]);
+    }
 }

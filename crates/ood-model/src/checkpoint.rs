@@ -101,9 +101,15 @@ impl Checkpoint {
     /// Reads the whole file onto `device`.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Checkpoint> {
         let path = path.as_ref();
-        let bytes = read_file(path)?;
-        let meta = parse_meta(path, &bytes)?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
+        Self::from_bytes(&read_file(path)?, path, device)
+    }
+
+    /// Reads a checkpoint held in memory (a model embedded in a binary); `name` is what errors
+    /// call it.
+    pub fn from_bytes(bytes: &[u8], name: &Path, device: &Device) -> Result<Checkpoint> {
+        let path = name;
+        let meta = parse_meta(path, bytes)?;
+        let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| corrupt(path, format!("not a valid safetensors file ({e})")))?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
@@ -211,9 +217,39 @@ pub fn save_checkpoint(
 
 /// The SHA-256 of a file, hex: ties calibrations and reports to the exact checkpoint.
 pub fn file_sha256(path: impl AsRef<Path>) -> Result<String> {
-    let path = path.as_ref();
-    let digest = sha2::Sha256::digest(read_file(path)?);
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(sha256_hex(&read_file(path.as_ref())?))
+}
+
+/// The SHA-256 of bytes, hex (what [`file_sha256`] gives for a file holding them).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Copies the checkpoint `src` to `dst` without its training state: the model's tensors and
+/// the metadata only, which is all that inference, `inspect` and calibration read (such a file
+/// cannot be resumed). Returns the sizes in bytes of `src` and `dst`. Written atomically.
+pub fn strip_training_state(src: &Path, dst: &Path) -> Result<(u64, u64)> {
+    let bytes = read_file(src)?;
+    let meta = parse_meta(src, &bytes)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| corrupt(src, format!("not a valid safetensors file ({e})")))?;
+    // Sorted, so that the same model always gives the same bytes (and so the same hash).
+    let mut kept: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with(OPTIMIZER_PREFIX))
+        .collect();
+    kept.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut info = HashMap::new();
+    info.insert(
+        META_KEY.to_string(),
+        serde_json::to_string(&meta).expect("metadata serialises"),
+    );
+    let out = safetensors::serialize(kept.iter().map(|(n, t)| (n.as_str(), t)), Some(info))
+        .map_err(|e| corrupt(dst, format!("cannot serialise: {e}")))?;
+    ood_data::atomic::write_atomic(dst, &out).map_err(|e| corrupt(dst, e.to_string()))?;
+    Ok((bytes.len() as u64, out.len() as u64))
 }
 
 /// Named tensors as `(name, flattened f32 values)`, sorted by name: the plain form in which two

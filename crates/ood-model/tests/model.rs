@@ -1,6 +1,7 @@
 use candle_core::{DType, Device, Tensor};
 use ood_model::checkpoint::{
-    file_sha256, save_checkpoint, Checkpoint, CheckpointMeta, FORMAT_VERSION,
+    file_sha256, save_checkpoint, sha256_hex, strip_training_state, Checkpoint, CheckpointMeta,
+    FORMAT_VERSION,
 };
 use ood_model::{build, parameter_count, preset, ModelConfig, ModelError};
 
@@ -90,6 +91,43 @@ fn checkpoint_round_trips_bit_exactly() {
     assert_eq!(y1, y2);
     assert_eq!(ck.optimizer_state().len(), 1);
     assert_eq!(file_sha256(&path).unwrap().len(), 64);
+}
+
+#[test]
+fn stripping_keeps_the_model_and_metadata_and_drops_the_training_state() {
+    let config = preset("tiny", 9).unwrap();
+    let (vm, _) = build(&config, &Device::Cpu, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.safetensors");
+    let slim = dir.path().join("slim.safetensors");
+    let extra: Vec<(String, Tensor)> = all_values(&vm)
+        .into_iter()
+        .map(|(n, v)| (format!("m.{n}"), Tensor::new(v, &Device::Cpu).unwrap()))
+        .collect();
+    save_checkpoint(&full, &meta(&config), &vm, &extra).unwrap();
+    let (before, after) = strip_training_state(&full, &slim).unwrap();
+    assert_eq!(before, std::fs::metadata(&full).unwrap().len());
+    assert_eq!(after, std::fs::metadata(&slim).unwrap().len());
+    // The moments were as large as the model itself.
+    assert!(after * 3 / 2 < before, "{before} -> {after}");
+    let ck = Checkpoint::load(&slim, &Device::Cpu).unwrap();
+    assert_eq!(ck.meta, meta(&config));
+    assert!(ck.optimizer_state().is_empty());
+    let (vm2, _) = ck.build_model(&slim, &Device::Cpu).unwrap();
+    assert_eq!(all_values(&vm), all_values(&vm2));
+    // In memory as from the file, and the same model always strips to the same bytes.
+    let bytes = std::fs::read(&slim).unwrap();
+    let mem = Checkpoint::from_bytes(&bytes, "embedded".as_ref(), &Device::Cpu).unwrap();
+    assert_eq!(mem.meta, ck.meta);
+    assert_eq!(sha256_hex(&bytes), file_sha256(&slim).unwrap());
+    let again = dir.path().join("again.safetensors");
+    strip_training_state(&full, &again).unwrap();
+    assert_eq!(std::fs::read(&again).unwrap(), bytes);
+    let err = Checkpoint::from_bytes(b"nonsense", "embedded".as_ref(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("embedded"), "{err}");
 }
 
 fn load_err(path: &std::path::Path) -> String {

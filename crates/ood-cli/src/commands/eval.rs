@@ -141,18 +141,14 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads a checkpoint and its calibration (by default `calibration.json` beside it), which must
-/// have been made for exactly this checkpoint.
+/// Loads a checkpoint and its calibration: [`ood_eval::calibrated_model`], which this was
+/// before `ood serve` needed it too.
 pub fn calibrated_model(
     checkpoint: &std::path::Path,
     calibration: Option<&std::path::Path>,
     device: &candle_core::Device,
 ) -> Result<(ood_eval::LoadedModel, ood_eval::Calibration)> {
-    let model = load_model(checkpoint, device)?;
-    let path =
-        calibration.map_or_else(|| default_calibration_path(checkpoint), |p| p.to_path_buf());
-    let calibration = ood_eval::read_calibration(&path, checkpoint)?;
-    Ok((model, calibration))
+    Ok(ood_eval::calibrated_model(checkpoint, calibration, device)?)
 }
 
 pub fn evaluate(args: &EvaluateArgs) -> Result<()> {

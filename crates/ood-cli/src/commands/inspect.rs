@@ -96,3 +96,14 @@ fn one_checkpoint(path: &Path, json: bool) -> Result<()> {
     println!("  training: {}", serde_json::to_string(&meta.training)?);
     Ok(())
 }
+
+pub fn strip(checkpoint: &Path, out: &Path) -> Result<()> {
+    let (before, after) = ood_model::checkpoint::strip_training_state(checkpoint, out)?;
+    println!(
+        "wrote {} ({after} bytes; {} had {before} with its training state; sha256 {})",
+        out.display(),
+        checkpoint.display(),
+        ood_model::checkpoint::file_sha256(out)?
+    );
+    Ok(())
+}

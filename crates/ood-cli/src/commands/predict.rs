@@ -1,20 +1,20 @@
 use anyhow::Result;
-use ood_eval::score_images;
 use ood_model::DeviceChoice;
+use ood_serve::model::{Model, ModelSource};
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// Seed stream of the noise behind the reconstruction error of predicted images.
-const PREDICT_STREAM: u64 = 30;
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct PredictArgs {
-    /// The checkpoint or ensemble folder (calibrated with `ood calibrate`).
-    pub checkpoint: PathBuf,
+    /// The checkpoint or ensemble folder (calibrated with `ood calibrate`); default: the model shipped in the
+    /// binary (assets/models/default).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
     /// Image files: PNG, JPEG or PGM, any size; prepared as MNIST was.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// The calibration to apply (default: calibration.json beside the checkpoint, or in the ensemble folder).
+    /// The calibration to apply (default: calibration.json beside the checkpoint, in the ensemble
+    /// folder, or the shipped model's).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// One JSON object per image on standard output.
@@ -41,8 +41,8 @@ struct Prediction {
 
 pub fn run(args: &PredictArgs) -> Result<()> {
     let device = args.device.open()?;
-    let (model, calibration) =
-        super::eval::calibrated_model(&args.checkpoint, args.calibration.as_deref(), &device)?;
+    let source = ModelSource::from_args(args.checkpoint.as_deref(), args.calibration.as_deref());
+    let model = Model::load(&source, &device)?;
     let mut results: Vec<Prediction> = Vec::new();
     let mut pixels = Vec::new();
     let mut good = Vec::new();
@@ -60,26 +60,17 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         }
         results.push(r);
     }
-    if !good.is_empty() {
-        let scored = score_images(
-            &model.nets,
-            &pixels,
-            &model.train.noise,
-            model.train.seed,
-            PREDICT_STREAM,
-            256,
-            &device,
-        )?;
-        let details = calibration.explain(&scored)?;
-        for ((j, &i), detail) in good.iter().enumerate().zip(details) {
-            let guess = model.train.known_classes[scored.predictions[j]];
+    // In chunks, so that any number of files fits in memory.
+    for (chunk_files, chunk_pixels) in good.chunks(256).zip(pixels.chunks(256 * model.image_len()))
+    {
+        for (&i, p) in chunk_files.iter().zip(model.predict(chunk_pixels)?) {
             let r = &mut results[i];
-            r.best_guess = Some(guess);
-            r.unknown = detail.unknown;
-            r.label = (!detail.unknown).then_some(guess);
-            r.max_softmax = Some(scored.msp[j]);
-            r.reconstruction_error = Some(scored.recon_error[j]);
-            r.explanation = Some(detail);
+            r.best_guess = Some(p.best_guess);
+            r.unknown = p.detail.unknown;
+            r.label = p.class;
+            r.max_softmax = Some(p.max_softmax);
+            r.reconstruction_error = Some(p.reconstruction_error);
+            r.explanation = Some(p.detail);
         }
     }
     let failed = results.iter().filter(|r| r.error.is_some()).count();

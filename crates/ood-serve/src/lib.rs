@@ -1,0 +1,514 @@
+//! The candle-ood HTTP server behind `ood serve`, and the default model shipped with the code.
+//!
+//! It answers `POST /v1/predict` with a class or "unknown" for one image (a PNG, JPEG or PGM
+//! file of any size, prepared as MNIST was, or 784 ready pixels as JSON), with the
+//! probabilities, the score(s) the decision rests on against their thresholds and the
+//! decoder's reconstruction; `GET /healthz` says it is up; `GET /` is a page to draw digits
+//! on. Concurrent requests are micro-batched through the model ([`batcher`]); everything that
+//! loads or calls a model is in [`model`], which `ood predict` uses too. [`shipped`] embeds the
+//! default model of `assets/models/default/`, so nothing needs training to be tried.
+//!
+//! It is not the command line (`ood-cli` parses arguments and calls [`serve`]), it trains and
+//! calibrates nothing, and it holds no scoring maths (that is `ood-eval`).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), ood_serve::ServeError> {
+//! use ood_serve::model::{Model, ModelSource};
+//! let model = Model::load(&ModelSource::Shipped { calibration: None }, &candle_core::Device::Cpu)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await
+//!     .map_err(ood_serve::ServeError::Server)?;
+//! ood_serve::serve(listener, model, ood_serve::ServeConfig::default(), async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! }).await
+//! # }
+//! ```
+
+pub mod batcher;
+pub mod model;
+pub mod shipped;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use batcher::{Batcher, Refused};
+use http_body_util::BodyExt;
+use model::{Model, Prediction};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{path}: {source}", path = .0.display(), source = .1)]
+    Io(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Eval(#[from] ood_eval::EvalError),
+    #[error(transparent)]
+    Model(#[from] ood_model::ModelError),
+    #[error("{0}")]
+    BadInput(String),
+    #[error("server: {0}")]
+    Server(std::io::Error),
+}
+
+pub type Result<T, E = ServeError> = std::result::Result<T, E>;
+
+/// The server's limits and batching.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Most images in one batch through the model.
+    pub max_batch: usize,
+    /// How long the batcher waits for more images once it has one.
+    pub batch_wait: Duration,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Requests handled at once; beyond it, 503 (load is shed rather than queued without end).
+    pub max_in_flight: usize,
+    /// Largest image side in pixels; larger images get 400 before they are decoded.
+    pub max_image_side: u32,
+    /// A request taking longer (a slow upload, say) gets 408.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            // Inference per image stops getting cheaper well below this on two cores; a larger
+            // batch would only add latency.
+            max_batch: 64,
+            batch_wait: Duration::from_millis(2),
+            // A phone photo fits; a 10 MB upload does not.
+            max_body_bytes: 8 << 20,
+            max_in_flight: 256,
+            max_image_side: 4096,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    model: Arc<Model>,
+    batcher: Batcher,
+    in_flight: Arc<Semaphore>,
+    config: Arc<ServeConfig>,
+}
+
+/// The routes, with the batching task started on the current tokio runtime.
+pub fn router(model: Arc<Model>, config: ServeConfig) -> Router {
+    let batcher = Batcher::start(
+        model.clone(),
+        config.max_batch,
+        config.batch_wait,
+        // Each request in flight holds at most one image in the queue.
+        config.max_in_flight,
+    );
+    let app = App {
+        model,
+        batcher,
+        in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+        config: Arc::new(config.clone()),
+    };
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
+        .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO));
+    Router::new()
+        .route("/", get(page_html))
+        .route("/app.js", get(page_js))
+        .route("/style.css", get(page_css))
+        .route("/healthz", get(healthz))
+        .route("/v1/predict", post(predict))
+        .fallback(not_found)
+        .with_state(app)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(trace)
+}
+
+/// Serves `model` on `listener` until `shutdown` completes, then finishes the requests under
+/// way (graceful shutdown) and returns. Call [`warm_up`] first so the first request does not
+/// pay for the kernels' first use.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    model: Model,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let app = router(Arc::new(model), config);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Server)
+}
+
+/// Runs the model once on a blank image (a few milliseconds), so that allocations and the
+/// kernels' first use are not paid by the first request.
+pub fn warm_up(model: &Model) -> Result<()> {
+    model.predict(&vec![0.0; model.image_len()]).map(|_| ())
+}
+
+// ----------------------------------------------------------------------------------------------
+// The page
+
+async fn page_html() -> impl IntoResponse {
+    static_file("text/html; charset=utf-8", include_str!("page/index.html"))
+}
+
+async fn page_js() -> impl IntoResponse {
+    static_file(
+        "text/javascript; charset=utf-8",
+        include_str!("page/app.js"),
+    )
+}
+
+async fn page_css() -> impl IntoResponse {
+    static_file("text/css; charset=utf-8", include_str!("page/style.css"))
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+// ----------------------------------------------------------------------------------------------
+// Health
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    model: ModelInfo,
+    predictions: u64,
+    batches: u64,
+    largest_batch: u64,
+}
+
+#[derive(Serialize)]
+struct ModelInfo {
+    checkpoint: String,
+    sha256: String,
+    preset: String,
+    classes: Vec<u8>,
+    rule: String,
+}
+
+async fn healthz(State(app): State<App>) -> Json<Health> {
+    let s = &app.batcher.stats;
+    Json(Health {
+        status: "ok",
+        model: ModelInfo {
+            checkpoint: app.model.checkpoint_path().display().to_string(),
+            sha256: app.model.checkpoint_sha256().to_string(),
+            preset: app.model.preset().to_string(),
+            classes: app.model.known_classes().to_vec(),
+            rule: app.model.rule(),
+        },
+        predictions: s.predictions.load(Ordering::Relaxed),
+        batches: s.batches.load(Ordering::Relaxed),
+        largest_batch: s.largest_batch.load(Ordering::Relaxed),
+    })
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such page: try GET / or POST /v1/predict",
+    )
+}
+
+// ----------------------------------------------------------------------------------------------
+// Predictions
+
+/// Every error is `{"error": "..."}` with its status.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    #[derive(Serialize)]
+    struct E {
+        error: String,
+    }
+    (
+        status,
+        Json(E {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// The JSON input: one image of 28 * 28 values in [0, 1], row-major, white ink on black,
+/// already prepared as MNIST was (an MNIST IDX image divided by 255). It is fed as it is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PixelsBody {
+    pixels: Vec<f64>,
+}
+
+/// The answer for one image.
+#[derive(Serialize)]
+struct Answer {
+    /// The digit, or null when the image is unknown.
+    class: Option<u8>,
+    /// "digit" or "unknown".
+    decision: &'static str,
+    /// The classifier's best guess, whether or not it was accepted.
+    best_guess: u8,
+    /// Each known class with its softmax probability.
+    probabilities: Vec<ClassProbability>,
+    max_softmax: f64,
+    reconstruction_error: f64,
+    /// The rule in force, in words.
+    rule: String,
+    /// What the decision rests on: the rule's score with its threshold, then its parts
+    /// (each with its p-value) for the acceptance rule; both tests for the report's rule.
+    scores: Vec<ood_eval::calibration::Part>,
+    /// The 28x28 image the model saw, as a base64 PNG.
+    input_png: String,
+    /// The decoder's reconstruction of the noised image, as a base64 PNG.
+    reconstruction_png: String,
+}
+
+#[derive(Serialize)]
+struct ClassProbability {
+    class: u8,
+    probability: f64,
+}
+
+enum Input {
+    Image,
+    Pixels,
+}
+
+const IMAGE_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/jpg",
+    "image/x-portable-graymap",
+    "image/x-portable-anymap",
+    "image/x-portable-bitmap",
+    "image/x-portable-pixmap",
+    "application/octet-stream",
+];
+
+fn input_kind(headers: &HeaderMap) -> Result<Input, Box<Response>> {
+    let unsupported = |what: String| {
+        error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "{what}: send an image (Content-Type image/png, image/jpeg or \
+                 image/x-portable-graymap) or 784 pixels (application/json)"
+            ),
+        )
+    };
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(Box::new(unsupported("no Content-Type".into())));
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" {
+        Ok(Input::Pixels)
+    } else if IMAGE_TYPES.contains(&mime.as_str()) {
+        Ok(Input::Image)
+    } else {
+        Err(Box::new(unsupported(format!(
+            "Content-Type {mime:?} is not supported"
+        ))))
+    }
+}
+
+/// A body over the limit is still read (and thrown away) up to this many bytes before the 413
+/// goes out, as nginx's lingering close does: a server that closes a connection with unread
+/// data makes the kernel send a reset, which can destroy the 413 before the client reads it.
+/// Larger bodies are cut off at once.
+const DRAIN_LIMIT: u64 = 64 << 20;
+/// How long draining an oversized body may take.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, Box<Response>> {
+    let too_large = || {
+        Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over the limit of {limit} bytes"),
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        return Err(too_large());
+    }
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let mut total = 0u64;
+    let over = declared.is_some_and(|n| n > limit as u64);
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        let frame = if total > limit as u64 || over {
+            // Draining: bounded in bytes and time.
+            if total > DRAIN_LIMIT {
+                return Err(too_large());
+            }
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => return Err(too_large()),
+            }
+        } else {
+            body.frame().await
+        };
+        match frame {
+            None => break,
+            Some(Err(e)) => {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
+                )))
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    total += data.len() as u64;
+                    if total <= limit as u64 && !over {
+                        bytes.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+    if over || total > limit as u64 {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+fn parse_pixels(bytes: &[u8], expected: usize) -> Result<Vec<f32>, String> {
+    let body: PixelsBody = serde_json::from_slice(bytes).map_err(|e| {
+        format!("not the JSON expected ({e}): send {{\"pixels\": [{expected} numbers in 0..1]}}")
+    })?;
+    if body.pixels.len() != expected {
+        return Err(format!(
+            "{} pixels: send {expected} (28x28, row-major)",
+            body.pixels.len()
+        ));
+    }
+    if let Some((i, v)) = body
+        .pixels
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(0.0..=1.0).contains(*v))
+    {
+        return Err(format!(
+            "pixel {i} is {v}: pixels are in 0..1 (0 black background, 1 white ink)"
+        ));
+    }
+    Ok(body.pixels.iter().map(|&v| v as f32).collect())
+}
+
+fn prepare_image(bytes: &[u8], max_side: u32) -> Result<Vec<f32>, String> {
+    let image =
+        ood_data::prepare::decode_image(bytes, Some(max_side)).map_err(|e| e.to_string())?;
+    ood_data::prepare::prepare_mnist_style(&image).map_err(|e| e.to_string())
+}
+
+async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy: too many requests under way, try again",
+        );
+    };
+    let kind = match input_kind(&headers) {
+        Ok(k) => k,
+        Err(response) => return *response,
+    };
+    let bytes = match read_body(&headers, body, app.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(response) => return *response,
+    };
+    let per = app.model.image_len();
+    let prepared = match kind {
+        Input::Pixels => parse_pixels(&bytes, per),
+        Input::Image => {
+            // Decoding a large photo takes milliseconds of CPU: off the async workers.
+            let max_side = app.config.max_image_side;
+            match tokio::task::spawn_blocking(move || prepare_image(&bytes, max_side)).await {
+                Ok(r) => r,
+                Err(_) => Err("the image could not be decoded".to_string()),
+            }
+        }
+    };
+    let pixels = match prepared {
+        Ok(p) => p,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match app.batcher.predict(pixels.clone()).await {
+        Ok(Ok(p)) => Json(answer(&app.model, &pixels, p)).into_response(),
+        Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Err(Refused::Busy) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy: too many images waiting, try again",
+        ),
+        Err(Refused::Stopped) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ),
+    }
+}
+
+fn answer(model: &Model, pixels: &[f32], p: Prediction) -> Answer {
+    let side = model.image_side();
+    Answer {
+        class: p.class,
+        decision: if p.detail.unknown { "unknown" } else { "digit" },
+        best_guess: p.best_guess,
+        probabilities: model
+            .known_classes()
+            .iter()
+            .zip(&p.probabilities)
+            .map(|(&class, &probability)| ClassProbability { class, probability })
+            .collect(),
+        max_softmax: p.max_softmax,
+        reconstruction_error: p.reconstruction_error,
+        rule: model.rule(),
+        scores: p.detail.parts,
+        input_png: png_base64(pixels, side),
+        reconstruction_png: png_base64(&p.reconstruction, side),
+    }
+}
+
+/// A square grey image of values in [0, 1] as a base64 PNG.
+fn png_base64(values: &[f32], side: usize) -> String {
+    let bytes: Vec<u8> = values
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    let image = image::GrayImage::from_raw(side as u32, side as u32, bytes)
+        .expect("the model's images are side x side");
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("a PNG encodes into memory");
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
