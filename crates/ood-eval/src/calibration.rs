@@ -221,6 +221,20 @@ impl Calibration {
         Ok(self.explain(set)?.into_iter().map(|d| d.unknown).collect())
     }
 
+    /// Whether the rule in force looks at the reconstruction error (of a noised copy, which
+    /// costs a second trunk pass per image): the report's rule with its reconstruction test,
+    /// or an acceptance rule with a reconstruction member.
+    pub fn reads_reconstruction_error(&self) -> bool {
+        match (self.config.decision, &self.accept_rule) {
+            (Decision::Accept, Some(a)) => a
+                .score
+                .members()
+                .iter()
+                .any(|m| matches!(m, ood_calibrate::Member::Reconstruction(_))),
+            _ => self.rule.recon_threshold.is_some(),
+        }
+    }
+
     /// The decision on every image of a set, with what it rests on: each value the rule
     /// looks at, with its threshold or p-value.
     pub fn explain(&self, set: &ScoredSet) -> Result<Vec<DecisionDetail>> {

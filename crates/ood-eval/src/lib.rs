@@ -39,7 +39,9 @@ pub use calibration::{
 };
 pub use evaluation::{evaluate, Evaluation, OperatingPoint};
 pub use model::{calibrated_model, load_model, load_model_from_bytes, model_sha256, LoadedModel};
-pub use scoring::{score_images, score_images_independently, FeatureDepth, ScoredSet};
+pub use scoring::{
+    score_images, score_images_clean, score_images_independently, FeatureDepth, ScoredSet,
+};
 
 use ood_train::TrainConfig;
 use std::path::PathBuf;

@@ -100,7 +100,7 @@ pub fn score_images(
         noise,
         &mut stream_rng(seed, stream, 0),
     );
-    score_noised(nets, pixels, noised, batch_size, device)
+    score_noised(nets, pixels, Some(noised), batch_size, device)
 }
 
 /// [`score_images`], but each image is noised as if it were alone in the set: an image's
@@ -121,19 +121,35 @@ pub fn score_images_independently(
     for image in noised.chunks_exact_mut(side * side) {
         corrupt_batch(image, side, side, noise, &mut stream_rng(seed, stream, 0));
     }
-    score_noised(nets, pixels, noised, batch_size, device)
+    score_noised(nets, pixels, Some(noised), batch_size, device)
 }
 
+/// [`score_images`] without the noised copy: the decoder reconstructs the images themselves
+/// from the trunk pass the classifier already made, so the trunk runs once per image instead
+/// of twice. Its reconstruction error is not the one calibrations are made with (that is of a
+/// noised copy), so use it only under a rule that does not read that error
+/// ([`crate::Calibration::reads_reconstruction_error`]).
+pub fn score_images_clean(
+    nets: &[OodNet],
+    pixels: &[f32],
+    batch_size: usize,
+    device: &Device,
+) -> Result<ScoredSet> {
+    score_noised(nets, pixels, None, batch_size, device)
+}
+
+/// Scores `pixels` with the decoder fed `noised` (the images themselves when `None`).
 fn score_noised(
     nets: &[OodNet],
     pixels: &[f32],
-    noised: Vec<f32>,
+    noised: Option<Vec<f32>>,
     batch_size: usize,
     device: &Device,
 ) -> Result<ScoredSet> {
     let side = nets[0].config.image_size;
     let per = side * side;
-    let out = infer(nets, pixels, Some(&noised), true, batch_size, device)?;
+    let out = infer(nets, pixels, noised.as_deref(), true, batch_size, device)?;
+    let noised = noised.unwrap_or_else(|| pixels.to_vec());
     let msp = (0..out.len())
         .map(|i| ood_calibrate::max_softmax(out.logits_row(i)))
         .collect();
@@ -187,5 +203,25 @@ mod tests {
         let shared =
             score_images(std::slice::from_ref(&net), &pair, &noise, 3, 30, 8, cpu).unwrap();
         assert_ne!(shared.noised[per..], alone.noised[..]);
+    }
+
+    #[test]
+    fn clean_scoring_shares_the_classifier_and_reconstructs_the_image_itself() {
+        let config = ood_model::preset("tiny", 9).unwrap();
+        let (_vars, net) = ood_model::build(&config, &Device::Cpu, 1).unwrap();
+        let nets = std::slice::from_ref(&net);
+        let pixels: Vec<f32> = (0..2 * 28 * 28).map(|i| (i % 11) as f32 / 11.0).collect();
+        let cpu = &Device::Cpu;
+        let noise = NoiseConfig::default();
+        let noised = score_images(nets, &pixels, &noise, 3, 30, 2, cpu).unwrap();
+        let clean = score_images_clean(nets, &pixels, 2, cpu).unwrap();
+        // The classifier and the features do not see the decoder's input.
+        assert_eq!(clean.logits, noised.logits);
+        assert_eq!(clean.stage_features, noised.stage_features);
+        assert_eq!(clean.noised, pixels);
+        // The decoder's input differs, and so does its output.
+        assert_ne!(clean.denoised, noised.denoised);
+        let direct = infer(nets, &pixels, None, true, 2, cpu).unwrap();
+        assert_eq!(clean.denoised, direct.reconstructions);
     }
 }

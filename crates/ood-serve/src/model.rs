@@ -60,10 +60,12 @@ pub struct Prediction {
     /// Softmax probability of each known class, in the order of [`Model::known_classes`].
     pub probabilities: Vec<f64>,
     pub max_softmax: f64,
+    /// Mean squared error of [`Prediction::reconstruction`] against the image.
     pub reconstruction_error: f64,
     /// The decision and what it rests on: the rule's score(s) with threshold(s).
     pub detail: DecisionDetail,
-    /// The decoder's output for the noised image, 28x28 in [0, 1].
+    /// The decoder's output, 28x28 in [0, 1]: for a noised copy of the image when the rule
+    /// reads the reconstruction error (as calibrated), else for the image itself.
     #[serde(skip)]
     pub reconstruction: Vec<f32>,
 }
@@ -149,7 +151,9 @@ impl Model {
 
     /// Classifies `pixels` (whole images of [`Model::image_len`] values in [0, 1], white ink on
     /// black, prepared as MNIST was) in one batch. An image's answer does not depend on the
-    /// other images of the batch: each is noised for the decoder as if it were alone.
+    /// other images of the batch: each is noised for the decoder as if it were alone, when the
+    /// rule reads the reconstruction error of a noised copy; otherwise the reconstruction (and
+    /// its error) is of the image itself.
     pub fn predict(&self, pixels: &[f32]) -> Result<Vec<Prediction>> {
         let per = self.image_len();
         if pixels.is_empty() || !pixels.len().is_multiple_of(per) {
@@ -159,15 +163,21 @@ impl Model {
             )));
         }
         let n = pixels.len() / per;
-        let scored = ood_eval::score_images_independently(
-            &self.loaded.nets,
-            pixels,
-            &self.loaded.train.noise,
-            self.loaded.train.seed,
-            PREDICT_STREAM,
-            n,
-            &self.device,
-        )?;
+        // The default rule reads logits and features only: then the decoder reconstructs the
+        // image itself from the classifier's trunk pass, and the trunk runs once, not twice.
+        let scored = if self.calibration.reads_reconstruction_error() {
+            ood_eval::score_images_independently(
+                &self.loaded.nets,
+                pixels,
+                &self.loaded.train.noise,
+                self.loaded.train.seed,
+                PREDICT_STREAM,
+                n,
+                &self.device,
+            )?
+        } else {
+            ood_eval::score_images_clean(&self.loaded.nets, pixels, n, &self.device)?
+        };
         let details = self.calibration.explain(&scored)?;
         let classes = self.known_classes();
         let k = scored.num_classes;
