@@ -2,6 +2,7 @@ use anyhow::{Context, Result};
 use ood_model::DeviceChoice;
 use ood_serve::model::{Model, ModelSource};
 use ood_serve::ServeConfig;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             started.elapsed().as_millis()
         );
         ood_serve::serve(listener, model, config, shutdown_signal()).await?;
-        println!("stopped");
+        // Not println!: whoever started the server may have closed our stdout by now (the
+        // load test does), and a failed farewell must not turn a clean stop into a panic.
+        let _ = writeln!(std::io::stdout(), "stopped");
         anyhow::Ok(())
     })
 }
