@@ -51,17 +51,7 @@ fn parse(args: &[String]) -> Result<Args> {
 
 /// The release `ood` binary, built first.
 fn build_ood() -> Result<PathBuf> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(crate::workspace_root())
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--package",
-            "ood-cli",
-            "--bin",
-            "ood",
-        ])
+    let status = crate::cargo_ood("build")
         .status()
         .context("running cargo build")?;
     if !status.success() {

@@ -64,6 +64,22 @@ fn device_feature(args: &[String]) -> Option<&'static str> {
         .find(|f| value == *f || value.starts_with(&format!("{f}:")))
 }
 
+/// `cargo VERB --quiet --release --package ood-cli --bin ood` from the workspace root: the one
+/// way every task builds or runs the release `ood`.
+pub(crate) fn cargo_ood(verb: &str) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root()).args([
+        verb,
+        "--quiet",
+        "--release",
+        "--package",
+        "ood-cli",
+        "--bin",
+        "ood",
+    ]);
+    cmd
+}
+
 /// Runs `cargo run --release -p ood-cli [--features F] -- ARGS` from the workspace root, with
 /// the feature a `--device` in ARGS needs added (so `cargo xtask bench --device cuda` works).
 pub(crate) fn ood(features: &[&str], args: &[String]) -> Result<()> {
@@ -72,16 +88,7 @@ pub(crate) fn ood(features: &[&str], args: &[String]) -> Result<()> {
         .copied()
         .chain(device_feature(args))
         .collect();
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root()).args([
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "ood-cli",
-        "--bin",
-        "ood",
-    ]);
+    let mut cmd = cargo_ood("run");
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
     }

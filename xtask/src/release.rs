@@ -35,21 +35,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 
 /// `ood ARGS` (release build) with its standard output captured.
 fn ood_output(args: &[&str]) -> Result<String> {
-    output(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(crate::workspace_root())
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "--package",
-                "ood-cli",
-                "--bin",
-                "ood",
-                "--",
-            ])
-            .args(args),
-    )
+    output(crate::cargo_ood("run").arg("--").args(args))
 }
 
 fn read_json(path: &Path) -> Result<Value> {

@@ -102,36 +102,19 @@ impl TestServer {
     }
 }
 
-fn distance(p: (f32, f32), a: (f32, f32), b: (f32, f32)) -> f32 {
-    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-    let len2 = dx * dx + dy * dy;
-    let t = if len2 == 0.0 {
-        0.0
-    } else {
-        (((p.0 - a.0) * dx + (p.1 - a.1) * dy) / len2).clamp(0.0, 1.0)
-    };
-    ((p.0 - a.0 - t * dx).powi(2) + (p.1 - a.1 - t * dy).powi(2)).sqrt()
-}
+/// The load test's stroke renderer, shared rather than copied: one place draws the digits that
+/// both the load test and these tests post.
+#[path = "../../../../xtask/src/digits.rs"]
+#[allow(dead_code)]
+mod digits;
 
 /// A PNG of polylines (unit-square coordinates) in dark ink on white, `side` pixels square.
 pub fn drawn_png(strokes: &[&[(f32, f32)]], side: u32) -> Vec<u8> {
-    let s = side as f32;
-    let thickness = s / 10.0;
-    let image = image::GrayImage::from_fn(side, side, |x, y| {
-        let p = (x as f32 + 0.5, y as f32 + 0.5);
-        let d = strokes
-            .iter()
-            .flat_map(|l| l.windows(2))
-            .map(|w| distance(p, (w[0].0 * s, w[0].1 * s), (w[1].0 * s, w[1].1 * s)))
-            .fold(f32::INFINITY, f32::min);
-        let ink = (thickness / 2.0 + 0.5 - d).clamp(0.0, 1.0);
-        image::Luma([(255.0 * (1.0 - ink)).round() as u8])
-    });
-    let mut png = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    png
+    digits::png(
+        digits::render(strokes, side, side as f32 / 10.0),
+        side,
+        side,
+    )
 }
 
 pub const ONE: &[&[(f32, f32)]] = &[&[(0.35, 0.25), (0.52, 0.1), (0.52, 0.9)]];
