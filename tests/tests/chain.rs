@@ -38,6 +38,23 @@ fn train_calibrate_evaluate_writes_every_file() {
     let ckpt_s = ckpt.to_str().unwrap();
     run(&["inspect", ckpt_s]);
     run(&["calibrate", ckpt_s, "--data-dir", root]);
+    // The default rule reads no reconstruction error (so serving runs the trunk once); the
+    // report's rule does.
+    let accept = ood_eval::read_calibration(&run_dir.join("calibration.json"), &ckpt).unwrap();
+    assert!(!accept.reads_reconstruction_error());
+    let report_cal = dir.path().join("calibration-report.json");
+    run(&[
+        "calibrate",
+        ckpt_s,
+        "--data-dir",
+        root,
+        "--rule",
+        "report",
+        "--out",
+        report_cal.to_str().unwrap(),
+    ]);
+    let report_rule = ood_eval::read_calibration(&report_cal, &ckpt).unwrap();
+    assert!(report_rule.reads_reconstruction_error());
     let cal: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("calibration.json")).unwrap())
             .unwrap();
