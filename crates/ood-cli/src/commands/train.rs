@@ -1,6 +1,6 @@
 use crate::DataArgs;
 use anyhow::{Context, Result};
-use ood_data::{ClassSpec, SplitConfig, Splits};
+use ood_data::{ClassSpec, Splits};
 use ood_losses::StdSign;
 use ood_model::DeviceChoice;
 use ood_train::{train, Outcome, TrainConfig};
@@ -132,21 +132,18 @@ impl TrainArgs {
 
 pub fn run(args: &TrainArgs) -> Result<()> {
     let config = args.config()?;
+    anyhow::ensure!(
+        args.ensemble != Some(0),
+        "--ensemble needs at least one member"
+    );
     let device = args.device.open()?;
     let (train_set, test_set) = super::data::load_mnist(&args.data)?;
-    let split = SplitConfig {
-        classes: config.classes(),
-        validation_size: config.validation_size,
-        seed: config.split_seed(),
-        limit: config.limit,
-    };
-    let splits = Splits::new(&train_set, &test_set, &split)?;
+    let splits = Splits::new(&train_set, &test_set, &ood_eval::split_config(&config))?;
     // A second registration (tests run several trainings in one process) is not an error.
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     INTERRUPTED.store(false, Ordering::SeqCst);
     match args.ensemble {
         None => train_one(args, &config, &splits, &device, &args.out, args.resume),
-        Some(0) => anyhow::bail!("--ensemble needs at least one member"),
         Some(n) => {
             for i in 0..n {
                 let member = &config.ensemble_member(i);
