@@ -54,7 +54,15 @@ fn headline(run: &Path) -> Value {
         h.insert(
             "evaluation".into(),
             json!({
-                "source": run.join("report/metrics.json").display().to_string(),
+                // Relative to the workspace, so the provenance names no one's home folder.
+                "source": {
+                    let report = run.join("report/metrics.json");
+                    report
+                        .strip_prefix(crate::workspace_root())
+                        .unwrap_or(&report)
+                        .display()
+                        .to_string()
+                },
                 "evaluated_checkpoint_sha256": e["checkpoint_sha256"],
                 "decision": e["decision"],
                 "known_accepted_and_right": e["known_accuracy"],
