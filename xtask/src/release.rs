@@ -46,7 +46,14 @@ fn read_json(path: &Path) -> Result<Value> {
 /// The headline numbers of the run's evaluation report and calibration, where present.
 fn headline(run: &Path) -> Value {
     let mut h = serde_json::Map::new();
-    if let Ok(m) = read_json(&run.join("report/metrics.json")) {
+    let report = run.join("report/metrics.json");
+    // Relative to the workspace, so the provenance names no one's home folder.
+    let source = report
+        .strip_prefix(crate::workspace_root())
+        .unwrap_or(&report)
+        .display()
+        .to_string();
+    if let Ok(m) = read_json(&report) {
         let e = &m["evaluation"];
         let fashion = e["far"]
             .as_array()
@@ -54,15 +61,7 @@ fn headline(run: &Path) -> Value {
         h.insert(
             "evaluation".into(),
             json!({
-                // Relative to the workspace, so the provenance names no one's home folder.
-                "source": {
-                    let report = run.join("report/metrics.json");
-                    report
-                        .strip_prefix(crate::workspace_root())
-                        .unwrap_or(&report)
-                        .display()
-                        .to_string()
-                },
+                "source": source,
                 "evaluated_checkpoint_sha256": e["checkpoint_sha256"],
                 "decision": e["decision"],
                 "known_accepted_and_right": e["known_accuracy"],
