@@ -476,6 +476,15 @@ pub fn write_calibration(path: &Path, calibration: &Calibration) -> Result<()> {
 
 /// Reads a calibration and checks that it was made for `checkpoint`.
 pub fn read_calibration(path: &Path, checkpoint: &Path) -> Result<Calibration> {
+    read_calibration_for(path, checkpoint, &crate::model_sha256(checkpoint)?)
+}
+
+/// [`read_calibration`] for a model whose SHA-256 is already known (it was just loaded).
+pub fn read_calibration_for(
+    path: &Path,
+    checkpoint: &Path,
+    checkpoint_sha256: &str,
+) -> Result<Calibration> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         EvalError::Calibration(format!(
             "{}: {e} (run `ood calibrate {}` first)",
@@ -483,8 +492,7 @@ pub fn read_calibration(path: &Path, checkpoint: &Path) -> Result<Calibration> {
             checkpoint.display()
         ))
     })?;
-    let sha = crate::model_sha256(checkpoint)?;
-    parse_calibration(&text, path, checkpoint, &sha)
+    parse_calibration(&text, path, checkpoint, checkpoint_sha256)
 }
 
 /// Parses a calibration read from `path` (a file, or the name of one embedded in a binary) and

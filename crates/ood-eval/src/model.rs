@@ -22,6 +22,8 @@ pub struct LoadedModel {
     pub nets: Vec<OodNet>,
     /// The checkpoint file of each net.
     pub members: Vec<PathBuf>,
+    /// The model's SHA-256 ([`model_sha256`]), computed from the bytes it was loaded from.
+    pub sha256: String,
 }
 
 impl LoadedModel {
@@ -71,9 +73,11 @@ pub fn ensemble_members(path: &Path) -> Result<Option<Vec<PathBuf>>> {
 pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
     let members = ensemble_members(path)?.unwrap_or_else(|| vec![path.to_path_buf()]);
     let mut loaded: Option<LoadedModel> = None;
+    let mut member_hashes = Vec::new();
     for file in &members {
         let bytes = std::fs::read(file).map_err(|e| EvalError::Io(file.clone(), e))?;
         let member = load_model_from_bytes(&bytes, file, device)?;
+        member_hashes.push(member.sha256.clone());
         match &mut loaded {
             None => {
                 loaded = Some(LoadedModel {
@@ -96,7 +100,11 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
             }
         }
     }
-    Ok(loaded.expect("at least one member"))
+    let mut model = loaded.expect("at least one member");
+    if path.is_dir() {
+        model.sha256 = ensemble_sha256(&member_hashes);
+    }
+    Ok(model)
 }
 
 /// Loads one checkpoint held in memory (a model embedded in a binary); `path` is what errors
@@ -116,6 +124,7 @@ pub fn load_model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Resu
         train,
         nets: vec![net],
         members: vec![path.to_path_buf()],
+        sha256: ood_model::checkpoint::sha256_hex(bytes),
     })
 }
 
@@ -131,27 +140,34 @@ pub fn calibrated_model(
         || crate::calibration::default_calibration_path(checkpoint),
         Path::to_path_buf,
     );
-    let calibration = crate::read_calibration(&path, checkpoint)?;
+    let calibration = crate::calibration::read_calibration_for(&path, checkpoint, &model.sha256)?;
     Ok((model, calibration))
 }
 
 /// The SHA-256 that ties a calibration or report to a model: the file's own for a checkpoint;
 /// for an ensemble folder, that of its members' hashes in order (so changing, adding or
-/// removing a member changes it).
+/// removing a member changes it). [`LoadedModel::sha256`] is the same, from the bytes loaded.
 pub fn model_sha256(path: &Path) -> Result<String> {
     match ensemble_members(path)? {
         None => Ok(ood_model::checkpoint::file_sha256(path)?),
-        Some(members) => {
-            let mut hasher = sha2::Sha256::new();
-            for (i, member) in members.iter().enumerate() {
-                let sha = ood_model::checkpoint::file_sha256(member)?;
-                hasher.update(format!("{}:{sha}\n", ood_train::member_dir(i)));
-            }
-            Ok(hasher
-                .finalize()
+        Some(members) => Ok(ensemble_sha256(
+            &members
                 .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect())
-        }
+                .map(ood_model::checkpoint::file_sha256)
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
     }
+}
+
+/// The hash of an ensemble: SHA-256 over `member-<i>:<member's hash>` lines, in member order.
+fn ensemble_sha256(member_hashes: &[String]) -> String {
+    let mut hasher = sha2::Sha256::new();
+    for (i, sha) in member_hashes.iter().enumerate() {
+        hasher.update(format!("{}:{sha}\n", ood_train::member_dir(i)));
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

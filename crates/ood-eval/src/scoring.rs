@@ -92,14 +92,7 @@ pub fn score_images(
     device: &Device,
 ) -> Result<ScoredSet> {
     let side = nets[0].config.image_size;
-    let mut noised = pixels.to_vec();
-    corrupt_batch(
-        &mut noised,
-        side,
-        side,
-        noise,
-        &mut stream_rng(seed, stream, 0),
-    );
+    let noised = noised_copy(pixels, side, noise, seed, stream, false);
     score_noised(nets, pixels, Some(noised), batch_size, device)
 }
 
@@ -117,11 +110,31 @@ pub fn score_images_independently(
     device: &Device,
 ) -> Result<ScoredSet> {
     let side = nets[0].config.image_size;
-    let mut noised = pixels.to_vec();
-    for image in noised.chunks_exact_mut(side * side) {
-        corrupt_batch(image, side, side, noise, &mut stream_rng(seed, stream, 0));
-    }
+    let noised = noised_copy(pixels, side, noise, seed, stream, true);
     score_noised(nets, pixels, Some(noised), batch_size, device)
+}
+
+/// `pixels` corrupted as in training, from the seed stream `(seed, stream)`: drawn once over
+/// the whole set, or afresh for each image (`each_alone`) so that an image's noise does not
+/// depend on the images beside it.
+fn noised_copy(
+    pixels: &[f32],
+    side: usize,
+    noise: &NoiseConfig,
+    seed: u64,
+    stream: u64,
+    each_alone: bool,
+) -> Vec<f32> {
+    let mut noised = pixels.to_vec();
+    let chunk = if each_alone {
+        side * side
+    } else {
+        noised.len().max(1)
+    };
+    for part in noised.chunks_mut(chunk) {
+        corrupt_batch(part, side, side, noise, &mut stream_rng(seed, stream, 0));
+    }
+    noised
 }
 
 /// [`score_images`] without the noised copy: the decoder reconstructs the images themselves

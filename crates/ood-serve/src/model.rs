@@ -47,7 +47,6 @@ pub struct Model {
     loaded: LoadedModel,
     calibration: Calibration,
     device: Device,
-    sha256: String,
 }
 
 /// The answer for one image.
@@ -74,41 +73,32 @@ impl Model {
     /// Loads a model from `source` onto `device`; the calibration must carry the SHA-256 of the
     /// very checkpoint it is applied to.
     pub fn load(source: &ModelSource, device: &Device) -> Result<Model> {
-        let (loaded, calibration, sha256) = match source {
+        let (loaded, calibration) = match source {
             ModelSource::Files {
                 checkpoint,
                 calibration,
-            } => {
-                let (model, cal) =
-                    ood_eval::calibrated_model(checkpoint, calibration.as_deref(), device)?;
-                let sha = ood_eval::model_sha256(checkpoint)?;
-                (model, cal, sha)
-            }
+            } => ood_eval::calibrated_model(checkpoint, calibration.as_deref(), device)?,
             ModelSource::Shipped { calibration } => {
                 let name = Path::new(shipped::CHECKPOINT_PATH);
                 let model = ood_eval::load_model_from_bytes(shipped::CHECKPOINT, name, device)?;
-                let sha = ood_model::checkpoint::sha256_hex(shipped::CHECKPOINT);
                 let cal = match calibration {
                     Some(path) => {
-                        let text = std::fs::read_to_string(path)
-                            .map_err(|e| ServeError::Io(path.clone(), e))?;
-                        ood_eval::parse_calibration(&text, path, name, &sha)?
+                        ood_eval::calibration::read_calibration_for(path, name, &model.sha256)?
                     }
                     None => ood_eval::parse_calibration(
                         shipped::CALIBRATION,
                         Path::new(shipped::CALIBRATION_PATH),
                         name,
-                        &sha,
+                        &model.sha256,
                     )?,
                 };
-                (model, cal, sha)
+                (model, cal)
             }
         };
         Ok(Model {
             loaded,
             calibration,
             device: device.clone(),
-            sha256,
         })
     }
 
@@ -141,7 +131,7 @@ impl Model {
 
     /// The SHA-256 of the checkpoint's bytes (of its members' hashes for an ensemble).
     pub fn checkpoint_sha256(&self) -> &str {
-        &self.sha256
+        &self.loaded.sha256
     }
 
     /// The preset the model was trained from.
