@@ -12,6 +12,7 @@
 //! over the rayon pool (one GEMM per image, each on one thread) and per-thread buffers are
 //! reused, which keeps both cores busy without sharing cache lines.
 
+use super::direct;
 use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
@@ -231,7 +232,42 @@ where
     }
 }
 
+impl Geometry {
+    /// The padded grid of the direct kernels, when they apply: stride 1 on an AVX-512 CPU.
+    fn direct_grid(&self) -> Option<direct::Grid> {
+        if self.stride != 1 || !direct::available() {
+            return None;
+        }
+        let grid = direct::Grid::new(self.cin, self.cout, self.k, (self.h, self.w), self.pad)?;
+        (grid.out_size() == (self.ho, self.wo)).then_some(grid)
+    }
+}
+
+/// Convolves each image `(cin_g, h_g, w_g)` of `x` with `w` on the direct grid `grid`.
+fn direct_forward(x: &[f32], w: &[f32], grid: &direct::Grid, n: usize) -> Vec<f32> {
+    let (ho, wo) = grid.out_size();
+    let (in_len, out_len) = (grid.cin * grid.h * grid.w, grid.cout * ho * wo);
+    let mut y = vec![0f32; n * out_len];
+    let work = |(i, y_img): (usize, &mut [f32]), s: &mut direct::Scratch| {
+        direct::forward_image(&x[i * in_len..(i + 1) * in_len], w, grid, y_img, s);
+    };
+    if images_in_parallel(n) {
+        y.par_chunks_mut(out_len)
+            .enumerate()
+            .for_each_init(direct::Scratch::default, |s, item| work(item, s));
+    } else {
+        let mut s = direct::Scratch::default();
+        y.chunks_mut(out_len)
+            .enumerate()
+            .for_each(|item| work(item, &mut s));
+    }
+    y
+}
+
 fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    if let Some(grid) = g.direct_grid() {
+        return direct_forward(x, w, &grid, g.n);
+    }
     let (howo, kk) = (g.out_pixels(), g.col_rows());
     let mut y = vec![0f32; g.n * g.cout * howo];
     let across = images_in_parallel(g.n);
@@ -260,6 +296,11 @@ fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    // A stride-1 input gradient is the full correlation of dy with the flipped weights.
+    if let Some(grid) = g.direct_grid().and_then(|grid| grid.transposed()) {
+        let flipped = direct::flipped_weights(w, g.cout, g.cin, g.k);
+        return direct_forward(dy, &flipped, &grid, g.n);
+    }
     let (howo, kk) = (g.out_pixels(), g.col_rows());
     let mut dx = vec![0f32; g.n * g.cin * g.in_pixels()];
     let across = images_in_parallel(g.n);
@@ -298,8 +339,25 @@ fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
 
 fn conv_backward_filter(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let (howo, kk) = (g.out_pixels(), g.col_rows());
+    let grid = g.direct_grid();
     let accumulate_chunk = |images: std::ops::Range<usize>, parallel: bool| {
         let mut dw = vec![0f32; g.cout * kk];
+        if let Some(grid) = &grid {
+            let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * howo);
+            let mut s = direct::FilterScratch::default();
+            let step = direct::filter_chunk(grid);
+            for start in images.clone().step_by(step) {
+                let end = (start + step).min(images.end);
+                direct::filter_gradient_images(
+                    &x[start * in_len..end * in_len],
+                    &dy[start * out_len..end * out_len],
+                    grid,
+                    &mut dw,
+                    &mut s,
+                );
+            }
+            return dw;
+        }
         let mut col = Vec::new();
         for i in images {
             let x_img = &x[i * g.cin * g.in_pixels()..(i + 1) * g.cin * g.in_pixels()];
@@ -759,6 +817,62 @@ mod tests {
                 |x, w| x.apply_op2(w, ConvForward { stride, pad }),
                 |x, w| x.conv2d(w, pad, stride, 1, 1),
                 &what,
+                &mut rng,
+            );
+        }
+    }
+
+    /// Random shapes through both paths (the direct grid where stride is 1 and the CPU has
+    /// AVX-512, im2col elsewhere): batch 1 and odd batches, odd sizes, 1x1 to 5x5 kernels,
+    /// paddings from 0 to k - 1, channel counts on and off the micro-kernels' tiles.
+    #[test]
+    fn random_shapes_match_candle() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        for case in 0..40 {
+            let k = [1, 3, 3, 3, 5][rng.random_range(0..5)];
+            let stride = if case % 3 == 2 { 2 } else { 1 };
+            let pad = rng.random_range(0..k);
+            let size = rng.random_range(k.max(2)..=17);
+            let (n, cin, cout) = (
+                [1, 2, 3, 5][rng.random_range(0..4)],
+                rng.random_range(1..=9),
+                rng.random_range(1..=11),
+            );
+            let x = random(&[n, cin, size, size], &mut rng);
+            let w = random(&[cout, cin, k, k], &mut rng);
+            let what =
+                format!("case {case}: n{n} cin{cin} cout{cout} {size}px k{k} s{stride} p{pad}");
+            compare(
+                &x,
+                &w,
+                |x, w| x.apply_op2(w, ConvForward { stride, pad }),
+                |x, w| x.conv2d(w, pad, stride, 1, 1),
+                &what,
+                &mut rng,
+            );
+        }
+    }
+
+    /// The direct kernels' tiles at the model's own sizes (16 to 64 channels; 28, 14 and 7 px).
+    #[test]
+    fn model_shapes_match_candle() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for (n, cin, cout, size) in [
+            (3, 1, 16, 28),
+            (2, 16, 16, 28),
+            (3, 32, 32, 14),
+            (2, 64, 64, 7),
+            (2, 16, 1, 28),
+            (17, 8, 4, 7),
+        ] {
+            let x = random(&[n, cin, size, size], &mut rng);
+            let w = random(&[cout, cin, 3, 3], &mut rng);
+            compare(
+                &x,
+                &w,
+                |x, w| x.apply_op2(w, ConvForward { stride: 1, pad: 1 }),
+                |x, w| x.conv2d(w, 1, 1, 1, 1),
+                &format!("n{n} cin{cin} cout{cout} {size}px"),
                 &mut rng,
             );
         }

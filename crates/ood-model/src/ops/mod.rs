@@ -11,6 +11,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+mod direct;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
