@@ -233,40 +233,67 @@ where
 }
 
 impl Geometry {
-    /// The padded grid of the direct kernels, when they apply: stride 1 on an AVX-512 CPU.
-    fn direct_grid(&self) -> Option<direct::Grid> {
-        if self.stride != 1 || !direct::available() {
+    /// The direct kernels' form of this convolution, when they apply: stride 1 or 2 on an
+    /// AVX-512 CPU, and not a strided 1x1 (a subsampling and one GEMM, which im2col does well).
+    fn direct(&self) -> Option<direct::Conv> {
+        if !direct::available() || (self.k == 1 && self.stride > 1) {
             return None;
         }
-        let grid = direct::Grid::new(self.cin, self.cout, self.k, (self.h, self.w), self.pad)?;
-        (grid.out_size() == (self.ho, self.wo)).then_some(grid)
+        let conv = direct::Conv::new(
+            self.cin,
+            self.cout,
+            self.k,
+            self.stride,
+            self.pad,
+            (self.h, self.w),
+        )?;
+        (conv.out_size() == (self.ho, self.wo)).then_some(conv)
+    }
+
+    /// The direct kernels' form of this convolution's input gradient, when they apply.
+    fn direct_input_grad(&self) -> Option<direct::InputGrad> {
+        if !direct::available() || (self.k == 1 && self.stride > 1) {
+            return None;
+        }
+        let (size, out) = ((self.h, self.w), (self.ho, self.wo));
+        direct::InputGrad::new(
+            self.cin,
+            self.cout,
+            self.k,
+            self.stride,
+            self.pad,
+            size,
+            out,
+        )
     }
 }
 
-/// Convolves each image `(cin_g, h_g, w_g)` of `x` with `w` on the direct grid `grid`.
-fn direct_forward(x: &[f32], w: &[f32], grid: &direct::Grid, n: usize) -> Vec<f32> {
-    let (ho, wo) = grid.out_size();
-    let (in_len, out_len) = (grid.cin * grid.h * grid.w, grid.cout * ho * wo);
-    let mut y = vec![0f32; n * out_len];
-    let work = |(i, y_img): (usize, &mut [f32]), s: &mut direct::Scratch| {
-        direct::forward_image(&x[i * in_len..(i + 1) * in_len], w, grid, y_img, s);
-    };
-    if images_in_parallel(n) {
-        y.par_chunks_mut(out_len)
+/// Runs `work(image, out, scratch)` for each `per_image`-long chunk of `out`, across the pool
+/// when there are images enough for every thread.
+fn for_each_direct<F>(out: &mut [f32], per_image: usize, work: F)
+where
+    F: Fn(usize, &mut [f32], &mut direct::Scratch) + Sync,
+{
+    if images_in_parallel(out.len() / per_image.max(1)) {
+        out.par_chunks_mut(per_image)
             .enumerate()
-            .for_each_init(direct::Scratch::default, |s, item| work(item, s));
+            .for_each_init(direct::Scratch::default, |s, (i, o)| work(i, o, s));
     } else {
         let mut s = direct::Scratch::default();
-        y.chunks_mut(out_len)
-            .enumerate()
-            .for_each(|item| work(item, &mut s));
+        for (i, o) in out.chunks_mut(per_image).enumerate() {
+            work(i, o, &mut s);
+        }
     }
-    y
 }
 
 fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
-    if let Some(grid) = g.direct_grid() {
-        return direct_forward(x, w, &grid, g.n);
+    if let Some(conv) = g.direct() {
+        let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * g.out_pixels());
+        let mut y = vec![0f32; g.n * out_len];
+        for_each_direct(&mut y, out_len, |i, y_img, s| {
+            direct::forward_image(&conv, &x[i * in_len..(i + 1) * in_len], w, y_img, s)
+        });
+        return y;
     }
     let (howo, kk) = (g.out_pixels(), g.col_rows());
     let mut y = vec![0f32; g.n * g.cout * howo];
@@ -296,10 +323,15 @@ fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
-    // A stride-1 input gradient is the full correlation of dy with the flipped weights.
-    if let Some(grid) = g.direct_grid().and_then(|grid| grid.transposed()) {
-        let flipped = direct::flipped_weights(w, g.cout, g.cin, g.k);
-        return direct_forward(dy, &flipped, &grid, g.n);
+    if let Some(grad) = g.direct_input_grad() {
+        let weights = grad.phase_weights(w);
+        let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * g.out_pixels());
+        let mut dx = vec![0f32; g.n * in_len];
+        for_each_direct(&mut dx, in_len, |i, dx_img, s| {
+            let dy_img = &dy[i * out_len..(i + 1) * out_len];
+            direct::input_gradient_image(&grad, dy_img, &weights, dx_img, s)
+        });
+        return dx;
     }
     let (howo, kk) = (g.out_pixels(), g.col_rows());
     let mut dx = vec![0f32; g.n * g.cin * g.in_pixels()];
@@ -339,19 +371,19 @@ fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
 
 fn conv_backward_filter(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let (howo, kk) = (g.out_pixels(), g.col_rows());
-    let grid = g.direct_grid();
+    let conv = g.direct();
     let accumulate_chunk = |images: std::ops::Range<usize>, parallel: bool| {
         let mut dw = vec![0f32; g.cout * kk];
-        if let Some(grid) = &grid {
+        if let Some(conv) = &conv {
             let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * howo);
-            let mut s = direct::FilterScratch::default();
-            let step = direct::filter_chunk(grid);
+            let mut s = direct::Scratch::default();
+            let step = direct::filter_chunk(conv);
             for start in images.clone().step_by(step) {
                 let end = (start + step).min(images.end);
                 direct::filter_gradient_images(
+                    conv,
                     &x[start * in_len..end * in_len],
                     &dy[start * out_len..end * out_len],
-                    grid,
                     &mut dw,
                     &mut s,
                 );

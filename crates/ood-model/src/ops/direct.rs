@@ -1,19 +1,22 @@
-//! Stride-1 convolutions computed directly on a padded grid, with AVX-512 micro-kernels.
+//! Convolutions computed directly on a grid of padded input planes, with AVX-512 micro-kernels.
 //!
 //! The im2col route copies every input value `k x k` times before a GEMM whose shape (16 to 64
 //! output channels, a few hundred pixels) uses the cores poorly. Here nothing is copied but the
-//! zero padding: the input of one image is padded into planes of `hp x wp`, and the output is
-//! computed on the grid of positions `q = oy * wp + ox` of the padded width, where the tap
-//! `(ki, kj)` of every output position is the input value at `q + ki * wp + kj`. A run of 16
-//! consecutive grid positions is then one unaligned vector load per tap, and a micro-kernel keeps
-//! a block of output channels times grid positions in registers. The `k - 1` columns per row
-//! past the true output width (`ox >= wo`) are computed and dropped.
+//! zero padding. The input of one image is laid out as planes of `row` values per line, and the
+//! output is computed on the grid of positions `q = oy * row + ox`, where every tap of every
+//! output position is the input value at `q + offset(tap)`. A run of 16 consecutive positions is
+//! then one unaligned vector load per tap, and a micro-kernel keeps a block of output channels
+//! times positions in registers. Positions past the true output width (`ox >= wo`) are computed
+//! and dropped.
 //!
-//! * forward: `y[co, q] = Σ_{ci, ki, kj} w[co, ci, ki, kj] · xp[ci, q + ki·wp + kj]`;
-//! * input gradient: the same forward on the output gradient padded by `k - 1 - pad`, with the
-//!   weights flipped in space and their channel axes swapped (a full correlation);
-//! * weight gradient: `dw[co, ci, ki, kj] = Σ_images Σ_q dy[co, q] · xp[ci, q + ki·wp + kj]`,
-//!   with the output gradient laid on the same grid and zero in the dropped columns.
+//! * Stride 1: one plane per channel, the input padded; tap `(ki, kj)` is at `ki * row + kj`.
+//! * Stride 2: each padded channel is split into its four phases (even/odd rows and columns), so
+//!   tap `(ki, kj)` reads phase `(ki % 2, kj % 2)` at `(ki / 2) * row + kj / 2`: stride 1 again.
+//! * Input gradient ([`InputGrad`]): each phase `(py, px)` of the input gradient is a stride-1
+//!   correlation of the padded output gradient with the taps `(ki, kj)` that reach it (all of
+//!   them at stride 1, a quarter of a 4x4 kernel at stride 2); the phases are then interleaved.
+//! * Weight gradient: `dw[co, ci, tap] = Σ_images Σ_q dy[co, q] · x[ci, q + offset(tap)]`, with
+//!   the output gradient laid on the same grid and zero off the valid positions.
 //!
 //! [`available`] says whether this CPU runs them; the callers fall back to im2col otherwise.
 
@@ -41,320 +44,673 @@ pub(super) fn available() -> bool {
     }
 }
 
-/// A stride-1 convolution `(cin, h, w) -> (cout, ho, wo)` laid on the padded grid.
+/// How one image `(channels, h, w)` is laid out for the kernels: padded by `pad` on every side,
+/// split into `stride x stride` phases of `row` values per line, `plane` values per phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Grid {
-    pub cin: usize,
-    pub cout: usize,
-    pub k: usize,
-    pub h: usize,
-    pub w: usize,
-    pub pad: usize,
-    wp: usize,
-    ho: usize,
-    wo: usize,
-    /// Grid positions computed per output channel: `ho * wp` rounded up to whole tiles.
-    q: usize,
-    /// Length of one padded input plane: every tap of every computed position is inside it.
+struct Planes {
+    channels: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+    stride: usize,
+    row: usize,
     plane: usize,
 }
 
-impl Grid {
-    /// `None` when the sizes leave no output.
-    pub fn new(
-        cin: usize,
-        cout: usize,
-        k: usize,
-        (h, w): (usize, usize),
+impl Planes {
+    /// The layout for a grid of `q` positions whose farthest tap is `reach` values into a plane.
+    fn new(
+        (channels, h, w): (usize, usize, usize),
         pad: usize,
-    ) -> Option<Self> {
-        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
-        if hp < k || wp < k || k == 0 {
-            return None;
-        }
-        let (ho, wo) = (hp - k + 1, wp - k + 1);
-        let q = (ho * wp).div_ceil(V * QR) * (V * QR);
-        let reach = q + (k - 1) * wp + (k - 1);
-        let plane = reach.max(hp * wp).div_ceil(V) * V;
-        Some(Self {
-            cin,
-            cout,
-            k,
+        stride: usize,
+        q: usize,
+        reach: usize,
+    ) -> Self {
+        let row = (w + 2 * pad).div_ceil(stride);
+        Self::with_row((channels, h, w), pad, stride, row, q + reach)
+    }
+
+    /// The same with lines of `row` values (at least the padded width), planes long enough
+    /// for reads up to `reach`.
+    fn with_row(
+        (channels, h, w): (usize, usize, usize),
+        pad: usize,
+        stride: usize,
+        row: usize,
+        reach: usize,
+    ) -> Self {
+        debug_assert!(row >= (w + 2 * pad).div_ceil(stride));
+        let lines = (h + 2 * pad).div_ceil(stride);
+        let plane = (lines * row).max(reach).div_ceil(V) * V;
+        Self {
+            channels,
             h,
             w,
             pad,
-            wp,
-            ho,
-            wo,
-            q,
+            stride,
+            row,
             plane,
-        })
-    }
-
-    pub fn out_size(&self) -> (usize, usize) {
-        (self.ho, self.wo)
-    }
-
-    fn taps(&self) -> usize {
-        self.k * self.k
-    }
-
-    /// The input gradient's convolution: output gradient `(cout, ho, wo)` -> `(cin, h, w)`.
-    /// `None` when the padding exceeds `k - 1` (no full correlation with a non-negative padding).
-    pub fn transposed(&self) -> Option<Self> {
-        let pad = (self.k - 1).checked_sub(self.pad)?;
-        let g = Self::new(self.cout, self.cin, self.k, (self.ho, self.wo), pad)?;
-        debug_assert_eq!(g.out_size(), (self.h, self.w));
-        Some(g)
-    }
-}
-
-/// Pads one image `(cin, h, w)` into `cin` planes of `grid.plane` values (zeros around).
-fn pad_image(x: &[f32], g: &Grid, xp: &mut [f32]) {
-    xp.fill(0.0);
-    for c in 0..g.cin {
-        let src = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        let dst = &mut xp[c * g.plane..(c + 1) * g.plane];
-        for (y, row) in src.chunks_exact(g.w).enumerate() {
-            let at = (y + g.pad) * g.wp + g.pad;
-            dst[at..at + g.w].copy_from_slice(row);
         }
     }
-}
 
-/// Copies the valid columns of the grid output `(cout, q)` into `(cout, ho, wo)`.
-fn compact(yq: &[f32], g: &Grid, y: &mut [f32]) {
-    for c in 0..g.cout {
-        let src = &yq[c * g.q..];
-        let dst = &mut y[c * g.ho * g.wo..(c + 1) * g.ho * g.wo];
-        for (oy, row) in dst.chunks_exact_mut(g.wo).enumerate() {
-            row.copy_from_slice(&src[oy * g.wp..oy * g.wp + g.wo]);
-        }
+    /// Values from one channel to the next.
+    fn channel_stride(&self) -> usize {
+        self.stride * self.stride * self.plane
     }
-}
 
-/// Lays an output gradient `(cout, ho, wo)` on the grid `(cout, q)`, zero off the valid columns.
-fn spread(dy: &[f32], g: &Grid, dyq: &mut [f32]) {
-    dyq.fill(0.0);
-    for c in 0..g.cout {
-        let src = &dy[c * g.ho * g.wo..(c + 1) * g.ho * g.wo];
-        let dst = &mut dyq[c * g.q..(c + 1) * g.q];
-        for (oy, row) in src.chunks_exact(g.wo).enumerate() {
-            dst[oy * g.wp..oy * g.wp + g.wo].copy_from_slice(row);
-        }
+    fn len(&self) -> usize {
+        self.channels * self.channel_stride()
     }
-}
 
-/// Per-thread buffers of the forward.
-#[derive(Default)]
-pub(super) struct Scratch {
-    xp: Vec<f32>,
-    yq: Vec<f32>,
-}
-
-/// Convolves one image `x (cin, h, w)` with `w (cout, cin, k, k)` into `y (cout, ho, wo)`.
-pub(super) fn forward_image(x: &[f32], w: &[f32], g: &Grid, y: &mut [f32], s: &mut Scratch) {
-    assert!(available(), "direct convolution called without AVX-512");
-    s.xp.resize(g.cin * g.plane, 0.0);
-    s.yq.resize(g.cout * g.q, 0.0);
-    pad_image(x, g, &mut s.xp);
-    // SAFETY: AVX-512 is present (asserted above); the buffers have the sizes the kernel reads
-    // and writes (cin planes, cout rows of q, cout x cin x k x k weights).
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        forward_grid(&s.xp, w, g, &mut s.yq)
-    };
-    compact(&s.yq, g, y);
-}
-
-/// The weights of the input-gradient convolution: `w (cout, cin, k, k)` -> `(cin, cout, k, k)`
-/// flipped in both spatial axes.
-pub(super) fn flipped_weights(w: &[f32], cout: usize, cin: usize, k: usize) -> Vec<f32> {
-    let kk = k * k;
-    let mut out = vec![0f32; w.len()];
-    for co in 0..cout {
-        for ci in 0..cin {
-            for t in 0..kk {
-                out[(ci * cout + co) * kk + (kk - 1 - t)] = w[(co * cin + ci) * kk + t];
-            }
-        }
+    /// Where input `(y, x)` of a channel lands.
+    fn at(&self, y: usize, x: usize) -> usize {
+        let (py, px) = (y + self.pad, x + self.pad);
+        let s = self.stride;
+        ((py % s) * s + px % s) * self.plane + (py / s) * self.row + px / s
     }
-    out
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn forward_grid(xp: &[f32], w: &[f32], g: &Grid, yq: &mut [f32]) {
-    debug_assert!(xp.len() >= g.cin * g.plane && yq.len() >= g.cout * g.q);
-    debug_assert!(w.len() >= g.cout * g.cin * g.taps());
-    let offsets: Vec<usize> = (0..g.taps()).map(|t| (t / g.k) * g.wp + t % g.k).collect();
-    let mut co = 0;
-    while co + CR <= g.cout {
-        forward_block::<CR>(xp, w, g, &offsets, co, yq);
-        co += CR;
-    }
-    while co < g.cout {
-        forward_block::<1>(xp, w, g, &offsets, co, yq);
-        co += 1;
-    }
-}
-
-/// Output channels `co..co + C` over the whole grid, `QR` vectors of positions at a time.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn forward_block<const C: usize>(
-    xp: &[f32],
-    w: &[f32],
-    g: &Grid,
-    offsets: &[usize],
-    co: usize,
-    yq: &mut [f32],
-) {
-    let kk = g.taps();
-    let w_stride = g.cin * kk;
-    let (xp, w, yq) = (xp.as_ptr(), w.as_ptr(), yq.as_mut_ptr());
-    for q0 in (0..g.q).step_by(V * QR) {
-        let mut acc = [[_mm512_setzero_ps(); QR]; C];
-        for ci in 0..g.cin {
-            let x_ci = xp.add(ci * g.plane + q0);
-            let w_ci = w.add(co * w_stride + ci * kk);
-            for (t, &off) in offsets.iter().enumerate() {
-                let xs = x_ci.add(off);
-                let mut xv = [_mm512_setzero_ps(); QR];
-                for (r, v) in xv.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(xs.add(r * V));
-                }
-                for (c, row) in acc.iter_mut().enumerate() {
-                    let wv = _mm512_set1_ps(*w_ci.add(c * w_stride + t));
-                    for (a, &x) in row.iter_mut().zip(&xv) {
-                        *a = _mm512_fmadd_ps(wv, x, *a);
+    /// Lays one image `(channels, h, w)` out, zeros around.
+    /// `out` must hold zeros in the padding: it is not written (see [`zeroed`]).
+    fn fill(&self, x: &[f32], out: &mut [f32]) {
+        for c in 0..self.channels {
+            let src = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            let dst = &mut out[c * self.channel_stride()..(c + 1) * self.channel_stride()];
+            for (y, line) in src.chunks_exact(self.w).enumerate() {
+                if self.stride == 1 {
+                    let at = self.at(y, 0);
+                    dst[at..at + self.w].copy_from_slice(line);
+                } else {
+                    // The columns of each parity go to their own phase, one after another.
+                    for first in 0..self.stride.min(self.w) {
+                        let at = self.at(y, first);
+                        let phase = &mut dst[at..at + self.w.div_ceil(self.stride)];
+                        for (d, &v) in phase
+                            .iter_mut()
+                            .zip(line[first..].iter().step_by(self.stride))
+                        {
+                            *d = v;
+                        }
                     }
                 }
             }
         }
-        for (c, row) in acc.iter().enumerate() {
-            for (r, a) in row.iter().enumerate() {
-                _mm512_storeu_ps(yq.add((co + c) * g.q + q0 + r * V), *a);
+    }
+}
+
+/// Output positions and taps of one grid computation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Plan {
+    /// Offset of each tap inside one input channel's planes, in weight order.
+    taps: Vec<usize>,
+    /// Output lines and columns kept; position `(oy, ox)` is at `oy * row + ox`.
+    ho: usize,
+    wo: usize,
+    row: usize,
+    /// Positions computed per output channel: `ho * row` rounded up to whole tiles.
+    q: usize,
+}
+
+impl Plan {
+    fn new(ho: usize, wo: usize, row: usize, taps: Vec<usize>) -> Self {
+        let q = (ho * row).div_ceil(V * QR) * (V * QR);
+        Self {
+            taps,
+            ho,
+            wo,
+            row,
+            q,
+        }
+    }
+
+    /// Copies the kept positions of `yq (channels, q)` into `y (channels, ho, wo)`.
+    fn compact(&self, yq: &[f32], channels: usize, y: &mut [f32]) {
+        for c in 0..channels {
+            let src = &yq[c * self.q..];
+            let dst = &mut y[c * self.ho * self.wo..(c + 1) * self.ho * self.wo];
+            for (oy, line) in dst.chunks_exact_mut(self.wo).enumerate() {
+                line.copy_from_slice(&src[oy * self.row..oy * self.row + self.wo]);
+            }
+        }
+    }
+
+    /// Lays `dy (channels, ho, wo)` on the grid `(channels, q)`, zero off the kept positions.
+    /// `dyq` must hold zeros off the kept positions: they are not written (see [`zeroed`]).
+    fn spread(&self, dy: &[f32], channels: usize, dyq: &mut [f32]) {
+        for c in 0..channels {
+            let src = &dy[c * self.ho * self.wo..(c + 1) * self.ho * self.wo];
+            let dst = &mut dyq[c * self.q..(c + 1) * self.q];
+            for (oy, line) in src.chunks_exact(self.wo).enumerate() {
+                dst[oy * self.row..oy * self.row + self.wo].copy_from_slice(line);
             }
         }
     }
 }
 
-/// Per-thread buffers of the weight gradient.
+/// A convolution `(cin, h, w) -> (cout, ho, wo)` with a square `k x k` kernel, stride 1 or 2
+/// and padding `pad`, on the grid: its forward and its weight gradient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Conv {
+    cin: usize,
+    cout: usize,
+    planes: Planes,
+    plan: Plan,
+}
+
+impl Conv {
+    /// `None` for strides other than 1 and 2, or sizes that leave no output.
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        (h, w): (usize, usize),
+    ) -> Option<Self> {
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        if !(1..=2).contains(&stride) || k == 0 || hp < k || wp < k || cin == 0 || cout == 0 {
+            return None;
+        }
+        let (ho, wo) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
+        let row = wp.div_ceil(stride);
+        let lines = hp.div_ceil(stride);
+        // Every tap of a kept position reads inside its phase plane.
+        if ho - 1 + (k - 1) / stride >= lines || wo - 1 + (k - 1) / stride >= row {
+            return None;
+        }
+        let in_plane = |ki: usize, kj: usize| (ki / stride) * row + kj / stride;
+        let phase = |ki: usize, kj: usize| (ki % stride) * stride + kj % stride;
+        let plan0 = Plan::new(ho, wo, row, vec![]);
+        let reach = (0..k * k)
+            .map(|t| in_plane(t / k, t % k))
+            .max()
+            .unwrap_or(0);
+        let planes = Planes::new((cin, h, w), pad, stride, plan0.q, reach);
+        let taps = (0..k * k)
+            .map(|t| phase(t / k, t % k) * planes.plane + in_plane(t / k, t % k))
+            .collect();
+        Some(Self {
+            cin,
+            cout,
+            planes,
+            plan: Plan { taps, ..plan0 },
+        })
+    }
+
+    pub fn out_size(&self) -> (usize, usize) {
+        (self.plan.ho, self.plan.wo)
+    }
+}
+
+/// Per-thread buffers.
 #[derive(Default)]
-pub(super) struct FilterScratch {
-    xp: Vec<f32>,
-    dyq: Vec<f32>,
+pub(super) struct Scratch {
+    input: Vec<f32>,
+    grid: Vec<f32>,
+    /// What `input` and `grid` were last laid out for (see [`zeroed`]).
+    input_layout: Option<Layout>,
+    grid_layout: Option<Layout>,
+}
+
+/// A buffer's layout: images, what they are laid out as, and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Planes(Planes, usize),
+    /// `(channels, q, row, ho, wo)` of a spread gradient, and the images.
+    Grid([usize; 5], usize),
+}
+
+/// `buf` sized `len`, zero wherever images laid out as `layout` are not written: the padding
+/// of an image is never written, so the zeros of the last call with the same layout still
+/// stand and only a new layout clears the buffer (a full clear of each image cost more than
+/// the copy into it). `layout: None` for an output that is written whole.
+fn zeroed<'a>(
+    buf: &'a mut Vec<f32>,
+    last: &mut Option<Layout>,
+    layout: Option<Layout>,
+    len: usize,
+) -> &'a mut [f32] {
+    if layout.is_none() || *last != layout || buf.len() != len {
+        buf.clear();
+        buf.resize(len, 0.0);
+    }
+    *last = layout;
+    buf
+}
+
+/// Convolves one image `x (cin, h, w)` with `w (cout, cin, k, k)` into `y (cout, ho, wo)`.
+pub(super) fn forward_image(conv: &Conv, x: &[f32], w: &[f32], y: &mut [f32], s: &mut Scratch) {
+    assert!(available(), "direct convolution called without AVX-512");
+    assert_eq!(
+        w.len(),
+        conv.cout * conv.cin * conv.plan.taps.len(),
+        "direct convolution weights"
+    );
+    let layout = Some(Layout::Planes(conv.planes, 1));
+    let input = zeroed(&mut s.input, &mut s.input_layout, layout, conv.planes.len());
+    conv.planes.fill(x, input);
+    s.grid.resize(conv.cout * conv.plan.q, 0.0);
+    s.grid_layout = None;
+    let kernel = Kernel {
+        cin: conv.cin,
+        cout: conv.cout,
+        channel_stride: conv.planes.channel_stride(),
+        plan: &conv.plan,
+    };
+    // SAFETY: AVX-512 is present (asserted above); the buffers have the sizes the kernel reads
+    // and writes: every tap of every grid position is inside the input's planes.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        forward_grid(&kernel, &s.input, w, &mut s.grid)
+    };
+    conv.plan.compact(&s.grid, conv.cout, y);
 }
 
 /// How many images the weight gradient lays on the grid at once: enough to amortise the
 /// reduction of each tile's vector sums, few enough to stay in the L2 cache.
-pub(super) fn filter_chunk(g: &Grid) -> usize {
-    let per_image = (g.cin * g.plane + g.cout * g.q) * std::mem::size_of::<f32>();
+pub(super) fn filter_chunk(conv: &Conv) -> usize {
+    let per_image = (conv.planes.len() + conv.cout * conv.plan.q) * std::mem::size_of::<f32>();
     ((512 << 10) / per_image.max(1)).clamp(1, 16)
 }
 
-/// Adds to `dw (cout, cin, k, k)` the weight gradient of the images `x (m, cin, h, w)` with output
-/// gradients `dy (m, cout, ho, wo)`.
+/// Adds to `dw (cout, cin, k, k)` the weight gradient of the images `x (m, cin, h, w)` whose
+/// output gradients are `dy (m, cout, ho, wo)`.
 pub(super) fn filter_gradient_images(
+    conv: &Conv,
     x: &[f32],
     dy: &[f32],
-    g: &Grid,
     dw: &mut [f32],
-    s: &mut FilterScratch,
+    s: &mut Scratch,
 ) {
     assert!(available(), "direct convolution called without AVX-512");
-    let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
+    let p = &conv.plan;
+    let (in_len, out_len) = (
+        conv.cin * conv.planes.h * conv.planes.w,
+        conv.cout * p.ho * p.wo,
+    );
     let m = x.len() / in_len;
-    debug_assert_eq!(dy.len(), m * out_len);
-    s.xp.resize(m * g.cin * g.plane, 0.0);
-    s.dyq.resize(m * g.cout * g.q, 0.0);
+    assert!(
+        x.len() == m * in_len && dy.len() == m * out_len,
+        "direct weight gradient sizes"
+    );
+    assert_eq!(
+        dw.len(),
+        conv.cout * conv.cin * p.taps.len(),
+        "direct weight gradient"
+    );
+    let (image_in, image_out) = (conv.planes.len(), conv.cout * p.q);
+    let layout = Some(Layout::Planes(conv.planes, m));
+    let input = zeroed(&mut s.input, &mut s.input_layout, layout, m * image_in);
+    let layout = Some(Layout::Grid([conv.cout, p.q, p.row, p.ho, p.wo], m));
+    let grid = zeroed(&mut s.grid, &mut s.grid_layout, layout, m * image_out);
     for i in 0..m {
-        pad_image(
+        conv.planes.fill(
             &x[i * in_len..(i + 1) * in_len],
-            g,
-            &mut s.xp[i * g.cin * g.plane..(i + 1) * g.cin * g.plane],
+            &mut input[i * image_in..(i + 1) * image_in],
         );
-        spread(
+        p.spread(
             &dy[i * out_len..(i + 1) * out_len],
-            g,
-            &mut s.dyq[i * g.cout * g.q..(i + 1) * g.cout * g.q],
+            conv.cout,
+            &mut grid[i * image_out..(i + 1) * image_out],
         );
     }
-    // SAFETY: AVX-512 is present (asserted above); xp holds m images of cin planes, dyq m images
-    // of cout rows of q, dw cout x cin x k x k values.
+    let kernel = Kernel {
+        cin: conv.cin,
+        cout: conv.cout,
+        channel_stride: conv.planes.channel_stride(),
+        plan: p,
+    };
+    // SAFETY: AVX-512 is present (asserted above); input holds m images of planes, grid m images
+    // of cout rows of q, dw cout x cin x taps values.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        filter_grid(&s.xp, &s.dyq, g, m, dw)
+        filter_grid(&kernel, &s.input, &s.grid, m, dw)
     };
 }
 
+/// One phase `(py, px)` of an input gradient: its taps and where its positions land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Phase {
+    py: usize,
+    px: usize,
+    /// `ki * k + kj` of each tap, in the order of `plan.taps`.
+    kernel_taps: Vec<usize>,
+    plan: Plan,
+}
+
+/// The input gradient of a convolution (the forward of a transposed convolution): the output
+/// gradient `(cout, ho, wo)` -> `(cin, h, w)`, phase by phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct InputGrad {
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    h: usize,
+    w: usize,
+    planes: Planes,
+    phases: Vec<Phase>,
+}
+
+impl InputGrad {
+    /// The input gradient of [`Conv::new`]`(cin, cout, k, stride, pad, (h, w))`; `None` where
+    /// that convolution has no grid form, or its output is not `(ho, wo)`.
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        (h, w): (usize, usize),
+        (ho, wo): (usize, usize),
+    ) -> Option<Self> {
+        if Conv::new(cin, cout, k, stride, pad, (h, w))?.out_size() != (ho, wo) {
+            return None;
+        }
+        let s = stride;
+        // Input (iy, ix) gets tap (ki, kj) of output ((iy + pad - ki) / s, ...) when divisible;
+        // with the output gradient padded by `border` (enough for the farthest tap back), that
+        // is line a + (py + pad - ki) / s + border of the padded gradient for iy = s * a + py.
+        let border = (k - 1).saturating_sub(pad).div_ceil(s);
+        let phase_size = |p: usize, n: usize| (n - p).div_ceil(s);
+        // Lines long enough that no tap of a kept position wraps into the next line.
+        let row = (0..s.min(w))
+            .map(|px| phase_size(px, w) + (px + pad) / s + border)
+            .max()
+            .unwrap_or(0)
+            .max(wo + 2 * border);
+        let mut phases = Vec::new();
+        let mut q_max = 0;
+        for py in 0..s.min(h) {
+            for px in 0..s.min(w) {
+                let (ha, wa) = (phase_size(py, h), phase_size(px, w));
+                let reach = |d: usize, p: usize| -> Option<usize> {
+                    // (p + pad - d) / s + border, when exact and not negative
+                    let num = (p + pad + border * s).checked_sub(d)?;
+                    (num % s == 0).then_some(num / s)
+                };
+                let mut kernel_taps = Vec::new();
+                let mut offsets = Vec::new();
+                for ki in 0..k {
+                    for kj in 0..k {
+                        if let (Some(dy), Some(dx)) = (reach(ki, py), reach(kj, px)) {
+                            kernel_taps.push(ki * k + kj);
+                            offsets.push(dy * row + dx);
+                        }
+                    }
+                }
+                let plan = Plan::new(ha, wa, row, offsets);
+                q_max = q_max.max(plan.q + plan.taps.iter().copied().max().unwrap_or(0));
+                phases.push(Phase {
+                    py,
+                    px,
+                    kernel_taps,
+                    plan,
+                });
+            }
+        }
+        let planes = Planes::with_row((cout, ho, wo), border, 1, row, q_max);
+        Some(Self {
+            cin,
+            cout,
+            k,
+            stride,
+            h,
+            w,
+            planes,
+            phases,
+        })
+    }
+
+    /// The weights each phase reads, `(cin, cout, taps)` for the kernel: one vector per phase.
+    pub fn phase_weights(&self, w: &[f32]) -> Vec<Vec<f32>> {
+        let kk = self.k * self.k;
+        assert_eq!(w.len(), self.cout * self.cin * kk, "input gradient weights");
+        self.phases
+            .iter()
+            .map(|ph| {
+                let n = ph.kernel_taps.len();
+                let mut out = vec![0f32; self.cin * self.cout * n];
+                for ci in 0..self.cin {
+                    for co in 0..self.cout {
+                        for (t, &kt) in ph.kernel_taps.iter().enumerate() {
+                            out[(ci * self.cout + co) * n + t] = w[(co * self.cin + ci) * kk + kt];
+                        }
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+}
+
+/// The input gradient `dx (cin, h, w)` of one image from its output gradient `dy (cout, ho, wo)`
+/// and the weights of [`InputGrad::phase_weights`].
+pub(super) fn input_gradient_image(
+    g: &InputGrad,
+    dy: &[f32],
+    weights: &[Vec<f32>],
+    dx: &mut [f32],
+    s: &mut Scratch,
+) {
+    assert!(available(), "direct convolution called without AVX-512");
+    let layout = Some(Layout::Planes(g.planes, 1));
+    let input = zeroed(&mut s.input, &mut s.input_layout, layout, g.planes.len());
+    g.planes.fill(dy, input);
+    if g.phases.iter().any(|ph| ph.plan.taps.is_empty()) {
+        dx.fill(0.0);
+    }
+    for (ph, w) in g.phases.iter().zip(weights) {
+        if ph.plan.taps.is_empty() {
+            continue;
+        }
+        s.grid.resize(g.cin * ph.plan.q, 0.0);
+        s.grid_layout = None;
+        let kernel = Kernel {
+            cin: g.cout,
+            cout: g.cin,
+            channel_stride: g.planes.channel_stride(),
+            plan: &ph.plan,
+        };
+        // SAFETY: AVX-512 is present (asserted above); every tap of every grid position of
+        // every phase is inside the padded gradient's planes (`InputGrad::new` sized them).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            forward_grid(&kernel, &s.input, w, &mut s.grid)
+        };
+        let p = &ph.plan;
+        if g.stride == 1 {
+            p.compact(&s.grid, g.cin, dx);
+            continue;
+        }
+        for c in 0..g.cin {
+            let src = &s.grid[c * p.q..];
+            let dst = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+            for a in 0..p.ho {
+                let line = &mut dst[(g.stride * a + ph.py) * g.w..];
+                for b in 0..p.wo {
+                    line[g.stride * b + ph.px] = src[a * p.row + b];
+                }
+            }
+        }
+    }
+}
+
+/// What the micro-kernels read: `cin` input channels `channel_stride` apart, `cout` outputs.
+struct Kernel<'a> {
+    cin: usize,
+    cout: usize,
+    channel_stride: usize,
+    plan: &'a Plan,
+}
+
+/// `yq[co, q] = Σ_{ci, t} w[co, ci, t] · x[ci * channel_stride + taps[t] + q]`, `w` laid out
+/// `(cout, cin, taps)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn filter_grid(xp: &[f32], dyq: &[f32], g: &Grid, m: usize, dw: &mut [f32]) {
-    let kk = g.taps();
-    let taps = g.cin * kk;
-    debug_assert!(dw.len() >= g.cout * taps);
-    // Offset of tap (ci, ki, kj) in one image's padded planes.
+unsafe fn forward_grid(kn: &Kernel, x: &[f32], w: &[f32], yq: &mut [f32]) {
+    let p = kn.plan;
+    debug_assert!(yq.len() >= kn.cout * p.q && w.len() >= kn.cout * kn.cin * p.taps.len());
+    debug_assert!(p
+        .taps
+        .iter()
+        .all(|&t| (kn.cin - 1) * kn.channel_stride + t + p.q <= x.len()));
+    // Tiles of positions outside, channel blocks inside: the tile's input stays in L1.
+    for q0 in (0..p.q).step_by(V * QR) {
+        let mut co = 0;
+        while co + CR <= kn.cout {
+            forward_block::<CR>(kn, x, w, co, q0, yq);
+            co += CR;
+        }
+        while co < kn.cout {
+            forward_block::<1>(kn, x, w, co, q0, yq);
+            co += 1;
+        }
+    }
+}
+
+/// Output channels `co..co + C` at positions `q0..q0 + QR * V`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn forward_block<const C: usize>(
+    kn: &Kernel,
+    x: &[f32],
+    w: &[f32],
+    co: usize,
+    q0: usize,
+    yq: &mut [f32],
+) {
+    let taps = &kn.plan.taps;
+    let nt = taps.len();
+    let w_stride = kn.cin * nt;
+    let (x, w, yq) = (x.as_ptr(), w.as_ptr(), yq.as_mut_ptr());
+    let mut acc = [[_mm512_setzero_ps(); QR]; C];
+    for ci in 0..kn.cin {
+        let x_ci = x.add(ci * kn.channel_stride + q0);
+        let w_ci = w.add(co * w_stride + ci * nt);
+        for (t, &off) in taps.iter().enumerate() {
+            let xs = x_ci.add(off);
+            let mut xv = [_mm512_setzero_ps(); QR];
+            for (r, v) in xv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(xs.add(r * V));
+            }
+            for (c, row) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(*w_ci.add(c * w_stride + t));
+                for (a, &xr) in row.iter_mut().zip(&xv) {
+                    *a = _mm512_fmadd_ps(wv, xr, *a);
+                }
+            }
+        }
+    }
+    for (c, row) in acc.iter().enumerate() {
+        for (r, a) in row.iter().enumerate() {
+            _mm512_storeu_ps(yq.add((co + c) * kn.plan.q + q0 + r * V), *a);
+        }
+    }
+}
+
+/// `dw[co, ci, t] += Σ_images Σ_q dyq[co, q] · x[ci * channel_stride + taps[t] + q]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn filter_grid(kn: &Kernel, x: &[f32], dyq: &[f32], m: usize, dw: &mut [f32]) {
+    let nt = kn.plan.taps.len();
+    let taps = kn.cin * nt;
+    debug_assert!(dw.len() >= kn.cout * taps);
+    // Offset of tap (ci, t) in one image's planes.
     let offsets: Vec<usize> = (0..taps)
-        .map(|t| (t / kk) * g.plane + ((t % kk) / g.k) * g.wp + t % g.k)
+        .map(|t| (t / nt) * kn.channel_stride + kn.plan.taps[t % nt])
         .collect();
     let mut co = 0;
-    while co < g.cout {
-        let c = if co + CR <= g.cout { CR } else { 1 };
+    while co < kn.cout {
+        let c = if co + CR <= kn.cout { CR } else { 1 };
         let mut t = 0;
         while t < taps {
-            match (c, taps - t >= TR) {
-                (CR, true) => filter_block::<CR, TR>(xp, dyq, g, m, &offsets, co, t, dw),
-                (CR, false) => filter_block::<CR, 1>(xp, dyq, g, m, &offsets, co, t, dw),
-                (_, true) => filter_block::<1, TR>(xp, dyq, g, m, &offsets, co, t, dw),
-                (_, false) => filter_block::<1, 1>(xp, dyq, g, m, &offsets, co, t, dw),
+            let wide = taps - t >= TR;
+            match (c == CR, wide) {
+                (true, true) => filter_block::<CR, TR>(kn, x, dyq, m, &offsets, co, t, dw),
+                (true, false) => filter_block::<CR, 1>(kn, x, dyq, m, &offsets, co, t, dw),
+                (false, true) => filter_block::<1, TR>(kn, x, dyq, m, &offsets, co, t, dw),
+                (false, false) => filter_block::<1, 1>(kn, x, dyq, m, &offsets, co, t, dw),
             }
-            t += if taps - t >= TR { TR } else { 1 };
+            t += if wide { TR } else { 1 };
         }
         co += c;
     }
 }
 
-/// `dw[co..co + C, taps t..t + T] += Σ_images Σ_q dy[co, q] · xp[tap offset + q]`.
+/// `dw[co..co + C, taps t0..t0 + T]`, summed over the `m` images.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn filter_block<const C: usize, const T: usize>(
-    xp: &[f32],
+    kn: &Kernel,
+    x: &[f32],
     dyq: &[f32],
-    g: &Grid,
     m: usize,
     offsets: &[usize],
     co: usize,
     t0: usize,
     dw: &mut [f32],
 ) {
-    let taps = g.cin * g.taps();
+    let q = kn.plan.q;
+    let image_in = kn.cin * kn.channel_stride;
     let mut acc = [[_mm512_setzero_ps(); T]; C];
     for i in 0..m {
-        let x_img = xp.as_ptr().add(i * g.cin * g.plane);
-        let dy_img = dyq.as_ptr().add(i * g.cout * g.q + co * g.q);
+        let x_img = x.as_ptr().add(i * image_in);
+        let dy_img = dyq.as_ptr().add((i * kn.cout + co) * q);
         let mut x_taps = [x_img; T];
         for (t, p) in x_taps.iter_mut().enumerate() {
             *p = x_img.add(offsets[t0 + t]);
         }
-        for q in (0..g.q).step_by(V) {
+        for q0 in (0..q).step_by(V) {
             let mut xv = [_mm512_setzero_ps(); T];
             for (v, p) in xv.iter_mut().zip(&x_taps) {
-                *v = _mm512_loadu_ps(p.add(q));
+                *v = _mm512_loadu_ps(p.add(q0));
             }
             for (c, row) in acc.iter_mut().enumerate() {
-                let d = _mm512_loadu_ps(dy_img.add(c * g.q + q));
-                for (a, &x) in row.iter_mut().zip(&xv) {
-                    *a = _mm512_fmadd_ps(d, x, *a);
+                let d = _mm512_loadu_ps(dy_img.add(c * q + q0));
+                for (a, &xt) in row.iter_mut().zip(&xv) {
+                    *a = _mm512_fmadd_ps(d, xt, *a);
                 }
             }
         }
     }
+    let taps = kn.cin * kn.plan.taps.len();
     for (c, row) in acc.iter().enumerate() {
         for (t, a) in row.iter().enumerate() {
             dw[(co + c) * taps + t0 + t] += _mm512_reduce_add_ps(*a);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_place_each_input_in_its_phase() {
+        // 5x5 padded by 1 is 7x7; stride 2 splits it into phases of 4 lines of 4.
+        let p = Planes::new((1, 5, 5), 1, 2, 0, 0);
+        assert_eq!((p.row, p.plane), (4, 16));
+        // input (0, 0) is padded (1, 1): odd line, odd column, phase 3, at (0, 0)
+        assert_eq!(p.at(0, 0), 3 * 16);
+        // input (1, 2) is padded (2, 3): phase (0, 1) = 1, at line 1, column 1
+        assert_eq!(p.at(1, 2), 16 + 4 + 1);
+    }
+
+    #[test]
+    fn each_input_gradient_phase_gets_its_share_of_the_taps() {
+        // A 4x4 kernel at stride 2 gives each of the four phases a 2x2 share; a 3x3 kernel at
+        // stride 2 gives 1x1, 1x2, 2x1 and 2x2; a 1x1 kernel at stride 2 reaches one phase.
+        let taps = |k, pad, size| {
+            let conv = Conv::new(1, 1, k, 2, pad, (size, size)).unwrap();
+            let g = InputGrad::new(1, 1, k, 2, pad, (size, size), conv.out_size()).unwrap();
+            g.phases
+                .iter()
+                .map(|ph| ph.kernel_taps.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(taps(4, 1, 8), vec![4, 4, 4, 4]);
+        assert_eq!(taps(3, 1, 8), vec![1, 2, 2, 4]);
+        assert_eq!(taps(1, 0, 8), vec![1, 0, 0, 0]);
     }
 }
