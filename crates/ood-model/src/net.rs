@@ -52,7 +52,7 @@ impl ModuleT for BasicBlock {
             Some((conv, norm)) => x.apply(conv)?.apply_t(norm, train)?,
             None => x.clone(),
         };
-        (y + skip)?.relu()
+        crate::ops::residual::add_relu(&y, &skip)
     }
 }
 

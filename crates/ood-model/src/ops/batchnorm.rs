@@ -578,7 +578,7 @@ fn normalise(x: &[f32], gamma: &[f32], beta: &[f32], norm: &Norm, d: Dims, relu:
 /// turns into a branch here, mispredicted half the time (3x slower). The one difference from
 /// candle's `pre >= 0`: `pre == -0.0` counts as negative.
 #[inline(always)]
-fn relu_grad(pre: f32, g: f32) -> f32 {
+pub(super) fn relu_grad(pre: f32, g: f32) -> f32 {
     g * (0.5 + 0.5f32.copysign(pre))
 }
 

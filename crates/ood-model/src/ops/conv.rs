@@ -1,6 +1,10 @@
-//! Convolution and transposed convolution through im2col and GEMM, forward and backward.
+//! Convolution and transposed convolution, forward and backward, as candle custom ops.
 //!
-//! Three kernels do all the work, each a candle `CustomOp2` on contiguous f32 CPU tensors:
+//! On a CPU with AVX-512, convolutions of stride 1 and 2 (all but the 1x1 shortcuts of this
+//! model) run on the direct kernels of [`super::direct`]: no im2col, the input only padded.
+//! Everything else goes through im2col and GEMM. Three ops do all the work, each a candle
+//! `CustomOp2` on contiguous f32 CPU tensors (the formulas below are the im2col route; the
+//! direct one computes the same sums):
 //!
 //! * [`ConvForward`] `(x, w) -> y`: per image, `y = W · im2col(x)`;
 //! * [`ConvBackwardData`] `(dy, w) -> dx`: per image, `dx = col2im(Wᵀ · dy)`. This is also the
@@ -236,7 +240,7 @@ impl Geometry {
     /// The direct kernels' form of this convolution, when they apply: stride 1 or 2 on an
     /// AVX-512 CPU, and not a strided 1x1 (a subsampling and one GEMM, which im2col does well).
     fn direct(&self) -> Option<direct::Conv> {
-        if !direct::available() || (self.k == 1 && self.stride > 1) {
+        if !direct_allowed() || (self.k == 1 && self.stride > 1) {
             return None;
         }
         let conv = direct::Conv::new(
@@ -252,7 +256,7 @@ impl Geometry {
 
     /// The direct kernels' form of this convolution's input gradient, when they apply.
     fn direct_input_grad(&self) -> Option<direct::InputGrad> {
-        if !direct::available() || (self.k == 1 && self.stride > 1) {
+        if !direct_allowed() || (self.k == 1 && self.stride > 1) {
             return None;
         }
         let (size, out) = ((self.h, self.w), (self.ho, self.wo));
@@ -266,6 +270,22 @@ impl Geometry {
             out,
         )
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests to hold the im2col route to candle's ops on a CPU that has AVX-512 too.
+    static IM2COL_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the direct kernels may run (decided on the calling thread, before any work is
+/// spread over the pool).
+fn direct_allowed() -> bool {
+    #[cfg(test)]
+    if IM2COL_ONLY.with(|c| c.get()) {
+        return false;
+    }
+    direct::available()
 }
 
 /// Runs `work(image, out, scratch)` for each `per_image`-long chunk of `out`, across the pool
@@ -828,6 +848,10 @@ mod tests {
 
     #[test]
     fn convolution_matches_candle() {
+        on_both_routes(convolution_matches_candle_on_this_route);
+    }
+
+    fn convolution_matches_candle_on_this_route() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         // (batch, cin, cout, size, k, stride, pad)
         let cases = [
@@ -854,11 +878,37 @@ mod tests {
         }
     }
 
-    /// Random shapes through both paths (the direct grid where stride is 1 and the CPU has
-    /// AVX-512, im2col elsewhere): batch 1 and odd batches, odd sizes, 1x1 to 5x5 kernels,
-    /// paddings from 0 to k - 1, channel counts on and off the micro-kernels' tiles.
+    /// Runs `f` once on each route: the direct kernels (where the CPU has them), then im2col.
+    fn on_both_routes(f: impl Fn()) {
+        f();
+        IM2COL_ONLY.with(|c| c.set(true));
+        f();
+        IM2COL_ONLY.with(|c| c.set(false));
+    }
+
     #[test]
     fn random_shapes_match_candle() {
+        on_both_routes(random_shapes);
+    }
+
+    #[test]
+    fn model_shapes_match_candle() {
+        on_both_routes(model_shapes);
+    }
+
+    #[test]
+    fn the_direct_route_runs_where_the_cpu_has_it() {
+        assert_eq!(direct_allowed(), direct::available());
+        let g = Geometry::new((2, 16, 28, 28), 16, 3, 1, 1).unwrap();
+        assert_eq!(g.direct().is_some(), direct::available());
+        // Strided 1x1 shortcuts stay on im2col.
+        let g = Geometry::new((2, 16, 28, 28), 32, 1, 2, 0).unwrap();
+        assert!(g.direct().is_none());
+    }
+
+    /// Random shapes: batch 1 and odd batches, odd sizes, 1x1 to 5x5 kernels, strides 1 and 2,
+    /// paddings from 0 to k - 1, channel counts on and off the micro-kernels' tiles.
+    fn random_shapes() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
         for case in 0..40 {
             let k = [1, 3, 3, 3, 5][rng.random_range(0..5)];
@@ -886,8 +936,7 @@ mod tests {
     }
 
     /// The direct kernels' tiles at the model's own sizes (16 to 64 channels; 28, 14 and 7 px).
-    #[test]
-    fn model_shapes_match_candle() {
+    fn model_shapes() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         for (n, cin, cout, size) in [
             (3, 1, 16, 28),
@@ -912,6 +961,10 @@ mod tests {
 
     #[test]
     fn transposed_convolution_matches_candle() {
+        on_both_routes(transposed_convolution_matches_candle_on_this_route);
+    }
+
+    fn transposed_convolution_matches_candle_on_this_route() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         // (batch, cin, cout, size, k, stride, pad, output_padding)
         let cases = [

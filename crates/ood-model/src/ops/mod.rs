@@ -2,8 +2,9 @@
 //!
 //! candle 0.11 computes a convolution's input gradient with a direct (non-GEMM) transposed
 //! convolution, and BatchNorm's training backward through a dozen broadcast ops; together they
-//! dominate CPU training time. The ops here do the same maths through im2col and the `gemm`
-//! crate candle already uses, and BatchNorm in one pass. They run only for f32 tensors on the
+//! dominate CPU training time. The ops here do the same maths with direct AVX-512 kernels on a
+//! padded grid (`direct`, for strides 1 and 2) or through im2col and the `gemm` crate candle
+//! already uses (elsewhere), and BatchNorm in one pass. They run only for f32 tensors on the
 //! CPU; anywhere else (CUDA, Metal, other dtypes) the stock candle ops run.
 //!
 //! [`set_kernels`] (or `OOD_KERNELS=candle|fast` in the environment) picks the path, so both
@@ -12,6 +13,7 @@
 pub mod batchnorm;
 pub mod conv;
 mod direct;
+pub mod residual;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
