@@ -44,34 +44,29 @@ pub(super) fn available() -> bool {
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short lines of an image (7 to 30 values), inline: a call
-/// to memcpy per line cost more than the copy.
+/// `dst.copy_from_slice(src)` for the short lines of an image (7 to 30 values), inlined into
+/// the layout functions (themselves compiled for AVX-512): a call to memcpy per line cost more
+/// than the copy.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 #[inline]
-fn copy_row(dst: &mut [f32], src: &[f32]) {
+unsafe fn copy_row(dst: &mut [f32], src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "copy_row lengths");
     #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: AVX-512 is present; both slices hold `src.len()` values.
-        unsafe { copy_row_avx512(dst, src) };
-        return;
+    {
+        let n = src.len();
+        let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+        let mut i = 0;
+        while i + V <= n {
+            _mm512_storeu_ps(d.add(i), _mm512_loadu_ps(s.add(i)));
+            i += V;
+        }
+        if i < n {
+            let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+            _mm512_mask_storeu_ps(d.add(i), mask, _mm512_maskz_loadu_ps(mask, s.add(i)));
+        }
     }
+    #[cfg(not(target_arch = "x86_64"))]
     dst.copy_from_slice(src);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn copy_row_avx512(dst: &mut [f32], src: &[f32]) {
-    let n = src.len();
-    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
-    let mut i = 0;
-    while i + V <= n {
-        _mm512_storeu_ps(d.add(i), _mm512_loadu_ps(s.add(i)));
-        i += V;
-    }
-    if i < n {
-        let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
-        _mm512_mask_storeu_ps(d.add(i), mask, _mm512_maskz_loadu_ps(mask, s.add(i)));
-    }
 }
 
 /// How one image `(channels, h, w)` is laid out for the kernels: padded by `pad` on every side,
@@ -141,7 +136,8 @@ impl Planes {
 
     /// Lays one image `(channels, h, w)` out, zeros around.
     /// `out` must hold zeros in the padding: it is not written (see [`zeroed`]).
-    fn fill(&self, x: &[f32], out: &mut [f32]) {
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    unsafe fn fill(&self, x: &[f32], out: &mut [f32]) {
         for c in 0..self.channels {
             let src = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
             let dst = &mut out[c * self.channel_stride()..(c + 1) * self.channel_stride()];
@@ -193,7 +189,8 @@ impl Plan {
     }
 
     /// Copies the kept positions of `yq (channels, q)` into `y (channels, ho, wo)`.
-    fn compact(&self, yq: &[f32], channels: usize, y: &mut [f32]) {
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    unsafe fn compact(&self, yq: &[f32], channels: usize, y: &mut [f32]) {
         for c in 0..channels {
             let src = &yq[c * self.q..];
             let dst = &mut y[c * self.ho * self.wo..(c + 1) * self.ho * self.wo];
@@ -205,7 +202,8 @@ impl Plan {
 
     /// Lays `dy (channels, ho, wo)` on the grid `(channels, q)`, zero off the kept positions.
     /// `dyq` must hold zeros off the kept positions: they are not written (see [`zeroed`]).
-    fn spread(&self, dy: &[f32], channels: usize, dyq: &mut [f32]) {
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    unsafe fn spread(&self, dy: &[f32], channels: usize, dyq: &mut [f32]) {
         for c in 0..channels {
             let src = &dy[c * self.ho * self.wo..(c + 1) * self.ho * self.wo];
             let dst = &mut dyq[c * self.q..(c + 1) * self.q];
@@ -317,7 +315,8 @@ pub(super) fn forward_image(conv: &Conv, x: &[f32], w: &[f32], y: &mut [f32], s:
     );
     let layout = Some(Layout::Planes(conv.planes, 1));
     let input = zeroed(&mut s.input, &mut s.input_layout, layout, conv.planes.len());
-    conv.planes.fill(x, input);
+    // SAFETY (all three calls): AVX-512 is present (asserted above).
+    unsafe { conv.planes.fill(x, input) };
     s.grid.resize(conv.cout * conv.plan.q, 0.0);
     s.grid_layout = None;
     let kernel = Kernel {
@@ -332,7 +331,7 @@ pub(super) fn forward_image(conv: &Conv, x: &[f32], w: &[f32], y: &mut [f32], s:
     unsafe {
         forward_grid(&kernel, &s.input, w, &mut s.grid)
     };
-    conv.plan.compact(&s.grid, conv.cout, y);
+    unsafe { conv.plan.compact(&s.grid, conv.cout, y) };
 }
 
 /// How many images the weight gradient lays on the grid at once. Each tile of output channels
@@ -375,15 +374,18 @@ pub(super) fn filter_gradient_images(
     let layout = Some(Layout::Grid([conv.cout, p.q, p.row, p.ho, p.wo], m));
     let grid = zeroed(&mut s.grid, &mut s.grid_layout, layout, m * image_out);
     for i in 0..m {
-        conv.planes.fill(
-            &x[i * in_len..(i + 1) * in_len],
-            &mut input[i * image_in..(i + 1) * image_in],
-        );
-        p.spread(
-            &dy[i * out_len..(i + 1) * out_len],
-            conv.cout,
-            &mut grid[i * image_out..(i + 1) * image_out],
-        );
+        // SAFETY (both calls): AVX-512 is present (asserted above).
+        unsafe {
+            conv.planes.fill(
+                &x[i * in_len..(i + 1) * in_len],
+                &mut input[i * image_in..(i + 1) * image_in],
+            );
+            p.spread(
+                &dy[i * out_len..(i + 1) * out_len],
+                conv.cout,
+                &mut grid[i * image_out..(i + 1) * image_out],
+            );
+        }
     }
     let kernel = Kernel {
         cin: conv.cin,
@@ -527,7 +529,8 @@ pub(super) fn input_gradient_image(
     assert!(available(), "direct convolution called without AVX-512");
     let layout = Some(Layout::Planes(g.planes, 1));
     let input = zeroed(&mut s.input, &mut s.input_layout, layout, g.planes.len());
-    g.planes.fill(dy, input);
+    // SAFETY (this call and the compaction below): AVX-512 is present (asserted above).
+    unsafe { g.planes.fill(dy, input) };
     if g.phases.iter().any(|ph| ph.plan.taps.is_empty()) {
         dx.fill(0.0);
     }
@@ -551,7 +554,7 @@ pub(super) fn input_gradient_image(
         };
         let p = &ph.plan;
         if g.stride == 1 {
-            p.compact(&s.grid, g.cin, dx);
+            unsafe { p.compact(&s.grid, g.cin, dx) };
             continue;
         }
         for c in 0..g.cin {
