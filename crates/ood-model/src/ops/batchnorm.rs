@@ -435,13 +435,7 @@ impl Dims {
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("batch-norm: the fast kernels take f32 only")
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&v[start..end]),
-        None => bail!("batch-norm: the fast kernels take contiguous tensors only"),
-    }
+    super::cpu_f32(s, l, "batch-norm")
 }
 
 fn storage_f32<'a>(s: &'a Storage, l: &Layout) -> Result<&'a [f32]> {

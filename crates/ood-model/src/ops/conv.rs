@@ -453,14 +453,6 @@ fn conv_backward_filter(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     dw
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: the fast convolution needs a contiguous tensor"),
-    }
-}
-
 fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
     match l.dims() {
         &[a, b, c, d] => Ok((a, b, c, d)),
@@ -540,8 +532,8 @@ impl CustomOp2 for ConvForward {
         }
         let g = Geometry::new((n, cin, h, w), cout, k, self.stride, self.pad)?;
         let y = conv_forward(
-            contiguous(s1, l1, "conv2d input")?,
-            contiguous(s2, l2, "conv2d weight")?,
+            super::cpu_f32(s1, l1, "conv2d input")?,
+            super::cpu_f32(s2, l2, "conv2d weight")?,
             &g,
         );
         Ok((CpuStorage::F32(y), Shape::from((n, cout, g.ho, g.wo))))
@@ -594,8 +586,8 @@ impl CustomOp2 for ConvBackwardData {
         let g = Geometry::new((n, cin, self.h, self.w), cout, k, self.stride, self.pad)?
             .expect_output(ho, wo, "conv backward")?;
         let dx = conv_backward_data(
-            contiguous(s1, l1, "output gradient")?,
-            contiguous(s2, l2, "conv weight")?,
+            super::cpu_f32(s1, l1, "output gradient")?,
+            super::cpu_f32(s2, l2, "conv weight")?,
             &g,
         );
         Ok((CpuStorage::F32(dx), Shape::from((n, cin, self.h, self.w))))
@@ -646,8 +638,8 @@ impl CustomOp2 for ConvBackwardFilter {
             "conv filter gradient",
         )?;
         let dw = conv_backward_filter(
-            contiguous(s1, l1, "conv input")?,
-            contiguous(s2, l2, "output gradient")?,
+            super::cpu_f32(s1, l1, "conv input")?,
+            super::cpu_f32(s2, l2, "output gradient")?,
             &g,
         );
         Ok((

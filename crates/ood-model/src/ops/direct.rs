@@ -279,6 +279,21 @@ pub(super) struct Scratch {
     grid_layout: Option<Layout>,
 }
 
+impl Scratch {
+    /// Runs the forward micro-kernel over `input` into `grid`, which it writes whole.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512, and `input` holds every tap of every grid position of `kernel`.
+    unsafe fn forward(&mut self, kernel: &Kernel, w: &[f32]) {
+        self.grid.resize(kernel.cout * kernel.plan.q, 0.0);
+        self.grid_layout = None;
+        #[cfg(target_arch = "x86_64")]
+        forward_grid(kernel, &self.input, w, &mut self.grid);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (kernel, w);
+    }
+}
+
 /// A buffer's layout: images, what they are laid out as, and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
@@ -317,20 +332,15 @@ pub(super) fn forward_image(conv: &Conv, x: &[f32], w: &[f32], y: &mut [f32], s:
     let input = zeroed(&mut s.input, &mut s.input_layout, layout, conv.planes.len());
     // SAFETY (all three calls): AVX-512 is present (asserted above).
     unsafe { conv.planes.fill(x, input) };
-    s.grid.resize(conv.cout * conv.plan.q, 0.0);
-    s.grid_layout = None;
     let kernel = Kernel {
         cin: conv.cin,
         cout: conv.cout,
         channel_stride: conv.planes.channel_stride(),
         plan: &conv.plan,
     };
-    // SAFETY: AVX-512 is present (asserted above); the buffers have the sizes the kernel reads
-    // and writes: every tap of every grid position is inside the input's planes.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        forward_grid(&kernel, &s.input, w, &mut s.grid)
-    };
+    // SAFETY: AVX-512 is present (asserted above); every tap of every grid position is inside
+    // the input's planes.
+    unsafe { s.forward(&kernel, w) };
     unsafe { conv.plan.compact(&s.grid, conv.cout, y) };
 }
 
@@ -538,8 +548,6 @@ pub(super) fn input_gradient_image(
         if ph.plan.taps.is_empty() {
             continue;
         }
-        s.grid.resize(g.cin * ph.plan.q, 0.0);
-        s.grid_layout = None;
         let kernel = Kernel {
             cin: g.cout,
             cout: g.cin,
@@ -548,10 +556,7 @@ pub(super) fn input_gradient_image(
         };
         // SAFETY: AVX-512 is present (asserted above); every tap of every grid position of
         // every phase is inside the padded gradient's planes (`InputGrad::new` sized them).
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            forward_grid(&kernel, &s.input, w, &mut s.grid)
-        };
+        unsafe { s.forward(&kernel, w) };
         let p = &ph.plan;
         if g.stride == 1 {
             unsafe { p.compact(&s.grid, g.cin, dx) };

@@ -61,3 +61,18 @@ pub fn kernels() -> Kernels {
 pub(crate) fn fast_path(t: &candle_core::Tensor) -> bool {
     kernels() == Kernels::Fast && t.device().is_cpu() && t.dtype() == candle_core::DType::F32
 }
+
+/// The values of a contiguous f32 CPU tensor, or an error naming `what` (the op and argument).
+pub(crate) fn cpu_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(data) = s else {
+        candle_core::bail!("{what}: the fast kernels take f32 tensors only")
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: the fast kernels take contiguous tensors only"),
+    }
+}

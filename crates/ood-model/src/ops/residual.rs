@@ -9,6 +9,8 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_f32;
+
 /// Values per parallel task.
 const CHUNK: usize = 1 << 14;
 
@@ -18,14 +20,6 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
     } else {
         (a + b)?.relu()
-    }
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("add-relu: {what} is not contiguous"),
     }
 }
 
@@ -44,7 +38,10 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (slice(s1, l1, "a")?, slice(s2, l2, "b")?);
+        let (a, b) = (
+            cpu_f32(s1, l1, "add-relu a")?,
+            cpu_f32(s2, l2, "add-relu b")?,
+        );
         if l1.shape() != l2.shape() {
             bail!("add-relu: shapes {:?} and {:?}", l1.shape(), l2.shape())
         }
@@ -91,9 +88,9 @@ impl CustomOp3 for ReluMask {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, a, b) = (
-            slice(s1, l1, "gradient")?,
-            slice(s2, l2, "a")?,
-            slice(s3, l3, "b")?,
+            cpu_f32(s1, l1, "add-relu gradient")?,
+            cpu_f32(s2, l2, "add-relu a")?,
+            cpu_f32(s3, l3, "add-relu b")?,
         );
         if g.len() != a.len() || a.len() != b.len() {
             bail!(
