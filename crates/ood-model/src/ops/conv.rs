@@ -219,17 +219,19 @@ fn images_in_parallel(n: usize) -> bool {
 }
 
 /// Runs `work((image_index, image_out), scratch)` for each `per_image`-long chunk of `out`,
-/// across the pool when `across`, each thread reusing its own scratch buffer.
-fn for_each_image<F>(out: &mut [f32], per_image: usize, across: bool, work: F)
+/// across the pool when `across`, each thread reusing its own scratch (an im2col buffer, or
+/// the direct kernels' buffers).
+fn for_each_image<S, F>(out: &mut [f32], per_image: usize, across: bool, work: F)
 where
-    F: Fn((usize, &mut [f32]), &mut Vec<f32>) + Sync,
+    S: Default + Send,
+    F: Fn((usize, &mut [f32]), &mut S) + Sync,
 {
     if across {
         out.par_chunks_mut(per_image)
             .enumerate()
-            .for_each_init(Vec::new, |scratch, item| work(item, scratch));
+            .for_each_init(S::default, |scratch, item| work(item, scratch));
     } else {
-        let mut scratch = Vec::new();
+        let mut scratch = S::default();
         out.chunks_mut(per_image)
             .enumerate()
             .for_each(|item| work(item, &mut scratch));
@@ -237,10 +239,16 @@ where
 }
 
 impl Geometry {
-    /// The direct kernels' form of this convolution, when they apply: stride 1 or 2 on an
-    /// AVX-512 CPU, and not a strided 1x1 (a subsampling and one GEMM, which im2col does well).
+    /// Whether the direct kernels may take this convolution: on an AVX-512 CPU, and not a
+    /// strided 1x1 (a subsampling and one GEMM, which im2col does well). Strides other than 1
+    /// and 2 are refused by the kernels' own constructors.
+    fn direct_applies(&self) -> bool {
+        direct_allowed() && !(self.k == 1 && self.stride > 1)
+    }
+
+    /// The direct kernels' form of this convolution, when they apply.
     fn direct(&self) -> Option<direct::Conv> {
-        if !direct_allowed() || (self.k == 1 && self.stride > 1) {
+        if !self.direct_applies() {
             return None;
         }
         let conv = direct::Conv::new(
@@ -256,7 +264,7 @@ impl Geometry {
 
     /// The direct kernels' form of this convolution's input gradient, when they apply.
     fn direct_input_grad(&self) -> Option<direct::InputGrad> {
-        if !direct_allowed() || (self.k == 1 && self.stride > 1) {
+        if !self.direct_applies() {
             return None;
         }
         let (size, out) = ((self.h, self.w), (self.ho, self.wo));
@@ -288,31 +296,19 @@ fn direct_allowed() -> bool {
     direct::available()
 }
 
-/// Runs `work(image, out, scratch)` for each `per_image`-long chunk of `out`, across the pool
-/// when there are images enough for every thread.
-fn for_each_direct<F>(out: &mut [f32], per_image: usize, work: F)
-where
-    F: Fn(usize, &mut [f32], &mut direct::Scratch) + Sync,
-{
-    if images_in_parallel(out.len() / per_image.max(1)) {
-        out.par_chunks_mut(per_image)
-            .enumerate()
-            .for_each_init(direct::Scratch::default, |s, (i, o)| work(i, o, s));
-    } else {
-        let mut s = direct::Scratch::default();
-        for (i, o) in out.chunks_mut(per_image).enumerate() {
-            work(i, o, &mut s);
-        }
-    }
-}
-
 fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     if let Some(conv) = g.direct() {
         let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * g.out_pixels());
         let mut y = vec![0f32; g.n * out_len];
-        for_each_direct(&mut y, out_len, |i, y_img, s| {
-            direct::forward_image(&conv, &x[i * in_len..(i + 1) * in_len], w, y_img, s)
-        });
+        let across = images_in_parallel(g.n);
+        for_each_image(
+            &mut y,
+            out_len,
+            across,
+            |(i, y_img), s: &mut direct::Scratch| {
+                direct::forward_image(&conv, &x[i * in_len..(i + 1) * in_len], w, y_img, s)
+            },
+        );
         return y;
     }
     let (howo, kk) = (g.out_pixels(), g.col_rows());
@@ -347,10 +343,16 @@ fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
         let weights = grad.phase_weights(w);
         let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * g.out_pixels());
         let mut dx = vec![0f32; g.n * in_len];
-        for_each_direct(&mut dx, in_len, |i, dx_img, s| {
-            let dy_img = &dy[i * out_len..(i + 1) * out_len];
-            direct::input_gradient_image(&grad, dy_img, &weights, dx_img, s)
-        });
+        let across = images_in_parallel(g.n);
+        for_each_image(
+            &mut dx,
+            in_len,
+            across,
+            |(i, dx_img), s: &mut direct::Scratch| {
+                let dy_img = &dy[i * out_len..(i + 1) * out_len];
+                direct::input_gradient_image(&grad, dy_img, &weights, dx_img, s)
+            },
+        );
         return dx;
     }
     let (howo, kk) = (g.out_pixels(), g.col_rows());

@@ -305,18 +305,18 @@ enum Layout {
 /// `buf` sized `len`, zero wherever images laid out as `layout` are not written: the padding
 /// of an image is never written, so the zeros of the last call with the same layout still
 /// stand and only a new layout clears the buffer (a full clear of each image cost more than
-/// the copy into it). `layout: None` for an output that is written whole.
+/// the copy into it).
 fn zeroed<'a>(
     buf: &'a mut Vec<f32>,
     last: &mut Option<Layout>,
-    layout: Option<Layout>,
+    layout: Layout,
     len: usize,
 ) -> &'a mut [f32] {
-    if layout.is_none() || *last != layout || buf.len() != len {
+    if *last != Some(layout) || buf.len() != len {
         buf.clear();
         buf.resize(len, 0.0);
     }
-    *last = layout;
+    *last = Some(layout);
     buf
 }
 
@@ -328,7 +328,7 @@ pub(super) fn forward_image(conv: &Conv, x: &[f32], w: &[f32], y: &mut [f32], s:
         conv.cout * conv.cin * conv.plan.taps.len(),
         "direct convolution weights"
     );
-    let layout = Some(Layout::Planes(conv.planes, 1));
+    let layout = Layout::Planes(conv.planes, 1);
     let input = zeroed(&mut s.input, &mut s.input_layout, layout, conv.planes.len());
     // SAFETY (all three calls): AVX-512 is present (asserted above).
     unsafe { conv.planes.fill(x, input) };
@@ -379,9 +379,9 @@ pub(super) fn filter_gradient_images(
         "direct weight gradient"
     );
     let (image_in, image_out) = (conv.planes.len(), conv.cout * p.q);
-    let layout = Some(Layout::Planes(conv.planes, m));
+    let layout = Layout::Planes(conv.planes, m);
     let input = zeroed(&mut s.input, &mut s.input_layout, layout, m * image_in);
-    let layout = Some(Layout::Grid([conv.cout, p.q, p.row, p.ho, p.wo], m));
+    let layout = Layout::Grid([conv.cout, p.q, p.row, p.ho, p.wo], m);
     let grid = zeroed(&mut s.grid, &mut s.grid_layout, layout, m * image_out);
     for i in 0..m {
         // SAFETY (both calls): AVX-512 is present (asserted above).
@@ -537,7 +537,7 @@ pub(super) fn input_gradient_image(
     s: &mut Scratch,
 ) {
     assert!(available(), "direct convolution called without AVX-512");
-    let layout = Some(Layout::Planes(g.planes, 1));
+    let layout = Layout::Planes(g.planes, 1);
     let input = zeroed(&mut s.input, &mut s.input_layout, layout, g.planes.len());
     // SAFETY (this call and the compaction below): AVX-512 is present (asserted above).
     unsafe { g.planes.fill(dy, input) };
