@@ -22,12 +22,15 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 struct Args {
     clients: usize,
     seconds: f64,
+    /// What follows `--`: passed on to `ood serve` (`--max-batch 32`, say).
+    serve_args: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
     let mut out = Args {
         clients: 32,
         seconds: 10.0,
+        serve_args: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -39,7 +42,12 @@ fn parse(args: &[String]) -> Result<Args> {
         match a.as_str() {
             "--clients" => out.clients = value("--clients")?.parse()?,
             "--seconds" => out.seconds = value("--seconds")?.parse()?,
-            other => bail!("unknown loadtest argument {other:?}: --clients N --seconds S"),
+            "--" => {
+                out.serve_args = it.by_ref().cloned().collect();
+            }
+            other => bail!(
+                "unknown loadtest argument {other:?}: --clients N --seconds S [-- ood serve arguments]"
+            ),
         }
     }
     anyhow::ensure!(
@@ -75,11 +83,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(ood: &PathBuf, log: &PathBuf) -> Result<Server> {
+    fn start(ood: &PathBuf, log: &PathBuf, serve_args: &[String]) -> Result<Server> {
         let log_file = std::fs::File::create(log).with_context(|| log.display().to_string())?;
         let started = Instant::now();
         let mut child = Command::new(ood)
             .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(serve_args)
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
@@ -225,7 +234,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let log_dir = crate::workspace_root().join("target").join("loadtest");
     std::fs::create_dir_all(&log_dir)?;
     let log = log_dir.join("serve.log");
-    let mut server = Server::start(&ood, &log)?;
+    let mut server = Server::start(&ood, &log, &args.serve_args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -36,7 +36,7 @@ tasks:
                     runs/default, trained first if missing) without optimizer state,
                     recalibrated (ARGS go to `ood calibrate`), with provenance.json
   serve [ARGS]      serve the shipped model and the drawing page (`ood serve`)
-  loadtest [--clients N] [--seconds S]
+  loadtest [--clients N] [--seconds S] [-- SERVE ARGS]
                     a release `ood serve` under N clients for S seconds (default 32, 10), then
                     malformed requests; fails if one gets no 4xx or the server dies
   ci                run what CI runs (.ci/run)

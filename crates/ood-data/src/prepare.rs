@@ -244,10 +244,7 @@ pub fn prepare_mnist_style(image: &LumaImage) -> Result<Vec<f32>, PrepareError> 
 
     // 1. Polarity: the background is the median of the border; the ink is what differs from it.
     let background = border_median(image);
-    let mut histogram = [0u64; 256];
-    for &p in pixels {
-        histogram[p as usize] += 1;
-    }
+    let histogram = histogram(pixels);
     let (mut darker, mut brighter, mut contrast) = (0u64, 0u64, 0u8);
     for (value, &count) in histogram.iter().enumerate() {
         if count == 0 {
@@ -272,27 +269,41 @@ pub fn prepare_mnist_style(image: &LumaImage) -> Result<Vec<f32>, PrepareError> 
 
     // 2. Levels: background to 0, strongest ink to 1, below the noise floor to 0.
     let bg = f32::from(ink(background));
-    let peak = f32::from(pixels.iter().map(|&p| ink(p)).max().unwrap_or(0));
+    let peak = f32::from(
+        (0..=255u8)
+            .filter(|&v| histogram[v as usize] > 0)
+            .map(ink)
+            .max()
+            .unwrap_or(0),
+    );
     let floor = bg + INK_THRESHOLD * (peak - bg);
-    let level = |p: u8| ((f32::from(ink(p)) - floor) / (peak - floor)).clamp(0.0, 1.0);
+    // Per grey level, once: whether it is ink, and its level. (Images are large and there are
+    // only 256 grey levels; the server prepares every request.)
+    let is_ink: [bool; 256] = std::array::from_fn(|p| f32::from(ink(p as u8)) > floor);
+    let level: [f32; 256] = std::array::from_fn(|p| {
+        ((f32::from(ink(p as u8)) - floor) / (peak - floor)).clamp(0.0, 1.0)
+    });
 
     // 3. Crop to the bounding box of the ink.
     let (mut top, mut bottom, mut left, mut right) = (height, 0, width, 0);
     for (y, row) in pixels.chunks_exact(width).enumerate() {
-        for (x, &p) in row.iter().enumerate() {
-            if f32::from(ink(p)) > floor {
-                top = top.min(y);
-                bottom = bottom.max(y);
-                left = left.min(x);
-                right = right.max(x);
-            }
-        }
+        let Some(first) = row.iter().position(|&p| is_ink[p as usize]) else {
+            continue;
+        };
+        let last = row
+            .iter()
+            .rposition(|&p| is_ink[p as usize])
+            .unwrap_or(first);
+        top = top.min(y);
+        bottom = y;
+        left = left.min(first);
+        right = right.max(last);
     }
     // peak > floor, so the brightest pixel is in the box.
     let (crop_w, crop_h) = (right - left + 1, bottom - top + 1);
     let crop: Vec<f32> = (top..=bottom)
         .flat_map(|y| pixels[y * width + left..=y * width + right].iter())
-        .map(|&p| level(p))
+        .map(|&p| level[p as usize])
         .collect();
 
     // 4. Scale the larger side to 20 (area averaging down, bilinear up), then peak to 1.
@@ -339,6 +350,22 @@ pub fn prepare_mnist_style(image: &LumaImage) -> Result<Vec<f32>, PrepareError> 
         canvas[start..start + fit_w].copy_from_slice(row);
     }
     Ok(canvas)
+}
+
+/// How many pixels have each grey level. Four partial counts, so that runs of one level (the
+/// background) do not wait on one counter's previous increment.
+fn histogram(pixels: &[u8]) -> [u64; 256] {
+    let mut parts = [[0u64; 256]; 4];
+    let chunks = pixels.chunks_exact(4);
+    for &p in chunks.remainder() {
+        parts[0][p as usize] += 1;
+    }
+    for c in chunks {
+        for (part, &p) in parts.iter_mut().zip(c) {
+            part[p as usize] += 1;
+        }
+    }
+    std::array::from_fn(|v| parts.iter().map(|part| part[v]).sum())
 }
 
 /// Area-averaging resample: each output pixel is the mean of the source area it covers.
@@ -416,6 +443,15 @@ mod tests {
     use image::{GrayImage, Rgb, RgbImage, Rgba, RgbaImage};
 
     const N: usize = MNIST_SIDE;
+
+    #[test]
+    fn histogram_counts_every_pixel_once() {
+        // Seven pixels: one whole chunk of four and a remainder of three.
+        let h = histogram(&[0, 0, 7, 0, 255, 7, 0]);
+        assert_eq!((h[0], h[7], h[255]), (4, 2, 1));
+        assert_eq!(h.iter().sum::<u64>(), 7);
+        assert_eq!(histogram(&[]).iter().sum::<u64>(), 0);
+    }
 
     /// Ink coverage in [0, 1] of thick anti-aliased line segments ((x0, y0), (x1, y1)).
     fn strokes(w: usize, h: usize, segments: &[[f32; 4]], thickness: f32) -> Vec<f32> {

@@ -34,8 +34,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use batcher::{Batcher, Refused};
+use batcher::{BatchPolicy, Batcher, Refused};
 use http_body_util::BodyExt;
+use image::ImageEncoder as _;
 use model::{Model, Prediction};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -68,6 +69,10 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// How long the batcher waits for more images once it has one.
     pub batch_wait: Duration,
+    /// Most batches through the model at once, each on its own compute threads.
+    pub lanes: usize,
+    /// Compute threads of each batch.
+    pub threads_per_batch: usize,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
     /// Requests handled at once; beyond it, 503 (load is shed rather than queued without end).
@@ -84,7 +89,12 @@ impl Default for ServeConfig {
             // Inference per image stops getting cheaper well below this on two cores; a larger
             // batch would only add latency.
             max_batch: 64,
-            batch_wait: Duration::from_millis(2),
+            // A free lane starts on what is queued at once: under load, the queue fills while
+            // the lanes are busy, and waiting for more (2 ms, say) measured slower.
+            batch_wait: Duration::ZERO,
+            // One single-threaded batch per core (see the batcher for why).
+            lanes: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads_per_batch: 1,
             // A phone photo fits; a 10 MB upload does not.
             max_body_bytes: 8 << 20,
             max_in_flight: 256,
@@ -103,14 +113,19 @@ struct App {
 }
 
 /// The routes, with the batching task started on the current tokio runtime.
-pub fn router(model: Arc<Model>, config: ServeConfig) -> Router {
+pub fn router(model: Arc<Model>, config: ServeConfig) -> Result<Router> {
     let batcher = Batcher::start(
         model.clone(),
-        config.max_batch,
-        config.batch_wait,
+        BatchPolicy {
+            max_batch: config.max_batch,
+            wait: config.batch_wait,
+            lanes: config.lanes,
+            threads_per_batch: config.threads_per_batch,
+        },
         // Each request in flight holds at most one image in the queue.
         config.max_in_flight,
-    );
+    )
+    .map_err(|e| ServeError::Server(std::io::Error::other(format!("compute threads: {e}"))))?;
     let app = App {
         model,
         batcher,
@@ -120,7 +135,7 @@ pub fn router(model: Arc<Model>, config: ServeConfig) -> Router {
     let trace = tower_http::trace::TraceLayer::new_for_http()
         .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
         .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO));
-    Router::new()
+    Ok(Router::new()
         .route("/", get(page_html))
         .route("/app.js", get(page_js))
         .route("/style.css", get(page_css))
@@ -132,7 +147,7 @@ pub fn router(model: Arc<Model>, config: ServeConfig) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ))
-        .layer(trace)
+        .layer(trace))
 }
 
 /// Serves `model` on `listener` until `shutdown` completes, then finishes the requests under
@@ -144,7 +159,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let app = router(Arc::new(model), config);
+    let app = router(Arc::new(model), config)?;
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -426,6 +441,9 @@ fn parse_pixels(bytes: &[u8], expected: usize) -> Result<Vec<f32>, String> {
     Ok(body.pixels.iter().map(|&v| v as f32).collect())
 }
 
+/// Largest encoded image decoded on the async worker itself (see [`predict`]).
+const INLINE_DECODE_BYTES: usize = 32 << 10;
+
 fn prepare_image(bytes: &[u8], max_side: u32) -> Result<Vec<f32>, String> {
     let image =
         ood_data::prepare::decode_image(bytes, Some(max_side)).map_err(|e| e.to_string())?;
@@ -450,6 +468,13 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
     let per = app.model.image_len();
     let prepared = match kind {
         Input::Pixels => parse_pixels(&bytes, per),
+        // A small image (a drawing from the page: a few KB) takes a fraction of a millisecond
+        // to decode and prepare: on the async worker, as other request work. A thread of its
+        // own per request would only add runnable threads that the OS shares the cores among,
+        // which is what makes the slowest requests slow under load.
+        Input::Image if bytes.len() <= INLINE_DECODE_BYTES => {
+            prepare_image(&bytes, app.config.max_image_side)
+        }
         Input::Image => {
             // Decoding a large photo takes milliseconds of CPU: off the async workers.
             let max_side = app.config.max_image_side;
@@ -504,11 +529,25 @@ fn png_base64(values: &[f32], side: usize) -> String {
         .iter()
         .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
         .collect();
-    let image = image::GrayImage::from_raw(side as u32, side as u32, bytes)
-        .expect("the model's images are side x side");
+    assert_eq!(
+        bytes.len(),
+        side * side,
+        "the model's images are side x side"
+    );
     let mut png = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .expect("a PNG encodes into memory");
+    // Fast compression without row filters: a 28x28 image is a few hundred bytes either way,
+    // and every answer carries two of them.
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut png,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::NoFilter,
+    )
+    .write_image(
+        &bytes,
+        side as u32,
+        side as u32,
+        image::ExtendedColorType::L8,
+    )
+    .expect("a PNG encodes into memory");
     base64::engine::general_purpose::STANDARD.encode(png)
 }

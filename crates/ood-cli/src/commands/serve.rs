@@ -25,6 +25,12 @@ pub struct ServeArgs {
     /// Microseconds the batcher waits for more images once it has one.
     #[arg(long, default_value_t = ServeConfig::default().batch_wait.as_micros() as u64)]
     pub batch_wait_us: u64,
+    /// Most batches through the model at once (default: one per core).
+    #[arg(long, default_value_t = ServeConfig::default().lanes)]
+    pub lanes: usize,
+    /// Compute threads of each batch.
+    #[arg(long, default_value_t = ServeConfig::default().threads_per_batch)]
+    pub threads_per_batch: usize,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
 }
@@ -37,6 +43,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let config = ServeConfig {
         max_batch: args.max_batch,
         batch_wait: Duration::from_micros(args.batch_wait_us),
+        lanes: args.lanes,
+        threads_per_batch: args.threads_per_batch,
         ..Default::default()
     };
     // The async side only moves bytes (inference runs on blocking threads), so two workers do;
