@@ -29,6 +29,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::wide;
+
 /// candle-nn's default epsilon.
 const DEFAULT_EPS: f64 = 1e-5;
 /// candle-nn's default momentum.
@@ -482,7 +484,7 @@ fn par_fill(
 }
 
 /// Sum with eight independent accumulators.
-#[inline]
+#[inline(always)]
 fn sum8(v: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = v.chunks_exact(8);
@@ -496,7 +498,7 @@ fn sum8(v: &[f32]) -> f32 {
 }
 
 /// `sum((v - m)^2)` with eight independent accumulators.
-#[inline]
+#[inline(always)]
 fn sq_dev8(v: &[f32], m: f32) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = v.chunks_exact(8);
@@ -519,8 +521,13 @@ fn channel_stats(x: &[f32], d: Dims) -> (Vec<f64>, Vec<f64>) {
         let sf = d.s as f64;
         for b in 0..d.n {
             let v = d.chunk(x, b, ch);
-            let cm = sum8(v) / d.s as f32;
-            let cm2 = sq_dev8(v, cm) as f64;
+            let (cm, cm2) = wide(
+                #[inline(always)]
+                || {
+                    let cm = sum8(v) / d.s as f32;
+                    (cm, sq_dev8(v, cm) as f64)
+                },
+            );
             let total = count + sf;
             let delta = cm as f64 - mean;
             mean += delta * sf / total;
@@ -554,15 +561,20 @@ fn normalise(x: &[f32], gamma: &[f32], beta: &[f32], norm: &Norm, d: Dims, relu:
         let ch = i % d.c;
         let (k, t) = (scale[ch], shift[ch]);
         let xs = &x[i * d.s..(i + 1) * d.s];
-        if relu {
-            for (o, &x) in o.iter_mut().zip(xs) {
-                o.write((x * k + t).max(0.0));
-            }
-        } else {
-            for (o, &x) in o.iter_mut().zip(xs) {
-                o.write(x * k + t);
-            }
-        }
+        wide(
+            #[inline(always)]
+            || {
+                if relu {
+                    for (o, &x) in o.iter_mut().zip(xs) {
+                        o.write((x * k + t).max(0.0));
+                    }
+                } else {
+                    for (o, &x) in o.iter_mut().zip(xs) {
+                        o.write(x * k + t);
+                    }
+                }
+            },
+        )
     })
 }
 
@@ -577,7 +589,7 @@ pub(super) fn relu_grad(pre: f32, g: f32) -> f32 {
 }
 
 /// `(sum(g), sum(g * xhat))` over a run, where `g` is `dy` masked by the ReLU when `RELU`.
-#[inline]
+#[inline(always)]
 fn grad_sums<const RELU: bool>(x: &[f32], dy: &[f32], p: [f32; 4]) -> (f32, f32) {
     let [mean, inv, k, t] = p;
     let mut a = [0f32; 8];
@@ -604,7 +616,7 @@ fn grad_sums<const RELU: bool>(x: &[f32], dy: &[f32], p: [f32; 4]) -> (f32, f32)
 }
 
 /// `dx` of a run: `kx * (g - a - xhat * b)`; with `a = b = 0` for the evaluation mode.
-#[inline]
+#[inline(always)]
 fn grad_x<const RELU: bool>(
     out: &mut [MaybeUninit<f32>],
     x: &[f32],
@@ -641,11 +653,16 @@ fn backward(
         let (mut sg, mut sgx) = (0f64, 0f64);
         for b in 0..d.n {
             let (xs, gs) = (d.chunk(x, b, ch), d.chunk(dy, b, ch));
-            let (a, b) = if relu {
-                grad_sums::<true>(xs, gs, p)
-            } else {
-                grad_sums::<false>(xs, gs, p)
-            };
+            let (a, b) = wide(
+                #[inline(always)]
+                || {
+                    if relu {
+                        grad_sums::<true>(xs, gs, p)
+                    } else {
+                        grad_sums::<false>(xs, gs, p)
+                    }
+                },
+            );
             sg += a as f64;
             sgx += b as f64;
         }
@@ -663,11 +680,16 @@ fn backward(
             [kx, 0.0, 0.0]
         };
         let (xs, gs) = (&x[i * d.s..(i + 1) * d.s], &dy[i * d.s..(i + 1) * d.s]);
-        if relu {
-            grad_x::<true>(o, xs, gs, p, q)
-        } else {
-            grad_x::<false>(o, xs, gs, p, q)
-        }
+        wide(
+            #[inline(always)]
+            || {
+                if relu {
+                    grad_x::<true>(o, xs, gs, p, q)
+                } else {
+                    grad_x::<false>(o, xs, gs, p, q)
+                }
+            },
+        )
     });
     let dgamma = sums.iter().map(|&(_, sgx)| sgx as f32).collect();
     let dbeta = sums.iter().map(|&(sg, _)| sg as f32).collect();

@@ -221,10 +221,11 @@ fn images_in_parallel(n: usize) -> bool {
 /// Runs `work((image_index, image_out), scratch)` for each `per_image`-long chunk of `out`,
 /// across the pool when `across`, each thread reusing its own scratch (an im2col buffer, or
 /// the direct kernels' buffers).
-fn for_each_image<S, F>(out: &mut [f32], per_image: usize, across: bool, work: F)
+fn for_each_image<T, S, F>(out: &mut [T], per_image: usize, across: bool, work: F)
 where
+    T: Send,
     S: Default + Send,
-    F: Fn((usize, &mut [f32]), &mut S) + Sync,
+    F: Fn((usize, &mut [T]), &mut S) + Sync,
 {
     if across {
         out.par_chunks_mut(per_image)
@@ -299,17 +300,13 @@ fn direct_allowed() -> bool {
 fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     if let Some(conv) = g.direct() {
         let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * g.out_pixels());
-        let mut y = vec![0f32; g.n * out_len];
         let across = images_in_parallel(g.n);
-        for_each_image(
-            &mut y,
-            out_len,
-            across,
-            |(i, y_img), s: &mut direct::Scratch| {
+        // Every value written: each image's output by `forward_image`.
+        return super::written_vec(g.n * out_len, |y| {
+            for_each_image(y, out_len, across, |(i, y_img), s: &mut direct::Scratch| {
                 direct::forward_image(&conv, &x[i * in_len..(i + 1) * in_len], w, y_img, s)
-            },
-        );
-        return y;
+            })
+        });
     }
     let (howo, kk) = (g.out_pixels(), g.col_rows());
     let mut y = vec![0f32; g.n * g.cout * howo];
@@ -342,18 +339,19 @@ fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     if let Some(grad) = g.direct_input_grad() {
         let weights = grad.phase_weights(w);
         let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * g.out_pixels());
-        let mut dx = vec![0f32; g.n * in_len];
         let across = images_in_parallel(g.n);
-        for_each_image(
-            &mut dx,
-            in_len,
-            across,
-            |(i, dx_img), s: &mut direct::Scratch| {
-                let dy_img = &dy[i * out_len..(i + 1) * out_len];
-                direct::input_gradient_image(&grad, dy_img, &weights, dx_img, s)
-            },
-        );
-        return dx;
+        // Every value written: each image's gradient by `input_gradient_image`.
+        return super::written_vec(g.n * in_len, |dx| {
+            for_each_image(
+                dx,
+                in_len,
+                across,
+                |(i, dx_img), s: &mut direct::Scratch| {
+                    let dy_img = &dy[i * out_len..(i + 1) * out_len];
+                    direct::input_gradient_image(&grad, dy_img, &weights, dx_img, s)
+                },
+            )
+        });
     }
     let (howo, kk) = (g.out_pixels(), g.col_rows());
     let mut dx = vec![0f32; g.n * g.cin * g.in_pixels()];

@@ -20,8 +20,10 @@
 //!
 //! [`available`] says whether this CPU runs them; the callers fall back to im2col otherwise.
 
+use super::as_uninit;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// Lanes of one vector.
 const V: usize = 16;
@@ -49,12 +51,12 @@ pub(super) fn available() -> bool {
 /// than the copy.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 #[inline]
-unsafe fn copy_row(dst: &mut [f32], src: &[f32]) {
+unsafe fn copy_row(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "copy_row lengths");
     #[cfg(target_arch = "x86_64")]
     {
         let n = src.len();
-        let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+        let (d, s) = (dst.as_mut_ptr().cast::<f32>(), src.as_ptr());
         let mut i = 0;
         while i + V <= n {
             _mm512_storeu_ps(d.add(i), _mm512_loadu_ps(s.add(i)));
@@ -66,7 +68,9 @@ unsafe fn copy_row(dst: &mut [f32], src: &[f32]) {
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    dst.copy_from_slice(src);
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
 }
 
 /// How one image `(channels, h, w)` is laid out for the kernels: padded by `pad` on every side,
@@ -144,7 +148,7 @@ impl Planes {
             for (y, line) in src.chunks_exact(self.w).enumerate() {
                 if self.stride == 1 {
                     let at = self.at(y, 0);
-                    copy_row(&mut dst[at..at + self.w], line);
+                    copy_row(as_uninit(&mut dst[at..at + self.w]), line);
                 } else {
                     // The columns of each parity go to their own phase, one after another.
                     for first in 0..self.stride.min(self.w) {
@@ -188,9 +192,10 @@ impl Plan {
         }
     }
 
-    /// Copies the kept positions of `yq (channels, q)` into `y (channels, ho, wo)`.
+    /// Copies the kept positions of `yq (channels, q)` into `y (channels, ho, wo)`, writing
+    /// every value of `y`.
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-    unsafe fn compact(&self, yq: &[f32], channels: usize, y: &mut [f32]) {
+    unsafe fn compact(&self, yq: &[f32], channels: usize, y: &mut [MaybeUninit<f32>]) {
         for c in 0..channels {
             let src = &yq[c * self.q..];
             let dst = &mut y[c * self.ho * self.wo..(c + 1) * self.ho * self.wo];
@@ -208,7 +213,10 @@ impl Plan {
             let src = &dy[c * self.ho * self.wo..(c + 1) * self.ho * self.wo];
             let dst = &mut dyq[c * self.q..(c + 1) * self.q];
             for (oy, line) in src.chunks_exact(self.wo).enumerate() {
-                copy_row(&mut dst[oy * self.row..oy * self.row + self.wo], line);
+                copy_row(
+                    as_uninit(&mut dst[oy * self.row..oy * self.row + self.wo]),
+                    line,
+                );
             }
         }
     }
@@ -320,8 +328,15 @@ fn zeroed<'a>(
     buf
 }
 
-/// Convolves one image `x (cin, h, w)` with `w (cout, cin, k, k)` into `y (cout, ho, wo)`.
-pub(super) fn forward_image(conv: &Conv, x: &[f32], w: &[f32], y: &mut [f32], s: &mut Scratch) {
+/// Convolves one image `x (cin, h, w)` with `w (cout, cin, k, k)` into `y (cout, ho, wo)`,
+/// writing every value of `y`.
+pub(super) fn forward_image(
+    conv: &Conv,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    s: &mut Scratch,
+) {
     assert!(available(), "direct convolution called without AVX-512");
     assert_eq!(
         w.len(),
@@ -528,12 +543,13 @@ impl InputGrad {
 }
 
 /// The input gradient `dx (cin, h, w)` of one image from its output gradient `dy (cout, ho, wo)`
-/// and the weights of [`InputGrad::phase_weights`].
+/// and the weights of [`InputGrad::phase_weights`], writing every value of `dx`: the phases
+/// cover every input position (`InputGrad::new`), and a phase without taps is zero.
 pub(super) fn input_gradient_image(
     g: &InputGrad,
     dy: &[f32],
     weights: &[Vec<f32>],
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     s: &mut Scratch,
 ) {
     assert!(available(), "direct convolution called without AVX-512");
@@ -542,7 +558,7 @@ pub(super) fn input_gradient_image(
     // SAFETY (this call and the compaction below): AVX-512 is present (asserted above).
     unsafe { g.planes.fill(dy, input) };
     if g.phases.iter().any(|ph| ph.plan.taps.is_empty()) {
-        dx.fill(0.0);
+        dx.fill(MaybeUninit::new(0.0));
     }
     for (ph, w) in g.phases.iter().zip(weights) {
         if ph.plan.taps.is_empty() {
@@ -568,7 +584,7 @@ pub(super) fn input_gradient_image(
             for a in 0..p.ho {
                 let line = &mut dst[(g.stride * a + ph.py) * g.w..];
                 for b in 0..p.wo {
-                    line[g.stride * b + ph.px] = src[a * p.row + b];
+                    line[g.stride * b + ph.px].write(src[a * p.row + b]);
                 }
             }
         }

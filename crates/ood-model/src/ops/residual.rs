@@ -9,7 +9,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_f32;
+use super::{cpu_f32, written_vec};
 
 /// Values per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -45,14 +45,16 @@ impl CustomOp2 for AddRelu {
         if l1.shape() != l2.shape() {
             bail!("add-relu: shapes {:?} and {:?}", l1.shape(), l2.shape())
         }
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(o, (a, b))| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = (a + b).max(0.0);
-                }
-            });
+        // Every value written: the chunks of `out` pair with chunks of `a` of the same length.
+        let out = written_vec(a.len(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+                .for_each(|(o, (a, b))| {
+                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                        o.write((a + b).max(0.0));
+                    }
+                })
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -99,17 +101,19 @@ impl CustomOp3 for ReluMask {
                 l2.shape()
             )
         }
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(
-                g.par_chunks(CHUNK)
-                    .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))),
-            )
-            .for_each(|(o, (g, (a, b)))| {
-                for (((o, &g), &a), &b) in o.iter_mut().zip(g).zip(a).zip(b) {
-                    *o = super::batchnorm::relu_grad(a + b, g);
-                }
-            });
+        // Every value written: the chunks of `out` pair with chunks of `g` of the same length.
+        let out = written_vec(g.len(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .zip(
+                    g.par_chunks(CHUNK)
+                        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))),
+                )
+                .for_each(|(o, (g, (a, b)))| {
+                    for (((o, &g), &a), &b) in o.iter_mut().zip(g).zip(a).zip(b) {
+                        o.write(super::batchnorm::relu_grad(a + b, g));
+                    }
+                })
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
