@@ -86,9 +86,10 @@ pub struct ServeConfig {
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
-            // Inference per image stops getting cheaper well below this on two cores; a larger
-            // batch would only add latency.
-            max_batch: 64,
+            // On a single-threaded lane a batch of 8 already costs about as much per image as
+            // larger ones, and larger batches make the slowest requests slower: under `cargo
+            // xtask loadtest`, p99 44-50 ms with 8 against 51-65 ms with 64.
+            max_batch: 8,
             // A free lane starts on what is queued at once: under load, the queue fills while
             // the lanes are busy, and waiting for more (2 ms, say) measured slower.
             batch_wait: Duration::ZERO,
@@ -465,6 +466,7 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
         Ok(b) => b,
         Err(response) => return *response,
     };
+    let received = std::time::Instant::now();
     let per = app.model.image_len();
     let prepared = match kind {
         Input::Pixels => parse_pixels(&bytes, per),
@@ -488,8 +490,21 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
         Ok(p) => p,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    let prepared_at = std::time::Instant::now();
     match app.batcher.predict(pixels.clone()).await {
-        Ok(Ok(p)) => Json(answer(&app.model, &pixels, p)).into_response(),
+        Ok(Ok(p)) => {
+            let predicted_at = std::time::Instant::now();
+            let response = Json(answer(&app.model, &pixels, p)).into_response();
+            // Where a slow request's time went: preparing, waiting for and in the model, or
+            // building the answer.
+            tracing::debug!(
+                prepare_us = (prepared_at - received).as_micros() as u64,
+                model_us = (predicted_at - prepared_at).as_micros() as u64,
+                answer_us = predicted_at.elapsed().as_micros() as u64,
+                "answered"
+            );
+            response
+        }
         Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
         Err(Refused::Busy) => error(
             StatusCode::SERVICE_UNAVAILABLE,
