@@ -14,6 +14,22 @@ fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Con
     Conv2d::new(cin, cout, 3, stride, 1, false, vb)
 }
 
+/// `bn(conv(x))`, then a ReLU when `relu`. In evaluation on the fast kernels, one pass: the
+/// BatchNorm folded into the convolution (no separate pass over the activations).
+fn conv_bn(x: &Tensor, conv: &Conv2d, bn: &BatchNorm, train: bool, relu: bool) -> Result<Tensor> {
+    if !train {
+        if let Some(y) = conv.forward_folded(x, bn, relu)? {
+            return Ok(y);
+        }
+    }
+    let y = x.apply(conv)?;
+    if relu {
+        bn.forward_t_relu(&y, train)
+    } else {
+        y.apply_t(bn, train)
+    }
+}
+
 /// Two 3x3 convolutions with BatchNorm and ReLU, plus an identity or 1x1-projection shortcut.
 #[derive(Debug, Clone)]
 pub struct BasicBlock {
@@ -46,10 +62,10 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t_relu(&x.apply(&self.conv1)?, train)?;
-        let y = y.apply(&self.conv2)?.apply_t(&self.bn2, train)?;
+        let y = conv_bn(x, &self.conv1, &self.bn1, train, true)?;
+        let y = conv_bn(&y, &self.conv2, &self.bn2, train, false)?;
         let skip = match &self.shortcut {
-            Some((conv, norm)) => x.apply(conv)?.apply_t(norm, train)?,
+            Some((conv, norm)) => conv_bn(x, conv, norm, train, false)?,
             None => x.clone(),
         };
         crate::ops::residual::add_relu(&y, &skip)
@@ -94,7 +110,7 @@ impl Trunk {
     /// The feature map at the end of each stage (W@28x28, 2W@14x14, 4W@7x7), in evaluation
     /// or training mode: what detectors that look at several depths read.
     pub fn stage_outputs(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let mut h = self.stem_bn.forward_t_relu(&x.apply(&self.stem)?, train)?;
+        let mut h = conv_bn(x, &self.stem, &self.stem_bn, train, true)?;
         let mut outputs = Vec::new();
         let mut blocks = self.blocks.iter();
         for &n in &self.stage_blocks {
@@ -109,7 +125,7 @@ impl Trunk {
 
 impl ModuleT for Trunk {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = self.stem_bn.forward_t_relu(&x.apply(&self.stem)?, train)?;
+        let mut h = conv_bn(x, &self.stem, &self.stem_bn, train, true)?;
         for block in &self.blocks {
             h = h.apply_t(block, train)?;
         }

@@ -157,6 +157,19 @@ impl BatchNorm {
         self.momentum
     }
 
+    /// In evaluation, this layer as `y = x * scale + shift` per channel, from the running
+    /// statistics: what a convolution before it can fold into its weights and bias.
+    pub fn eval_affine(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mean: Vec<f32> = self.running_mean.as_tensor().to_vec1()?;
+        let var: Vec<f32> = self.running_var.as_tensor().to_vec1()?;
+        let norm = Norm::from_running(mean, &var, self.eps);
+        Ok(affine(
+            &self.weight.to_vec1::<f32>()?,
+            &self.bias.to_vec1::<f32>()?,
+            &norm,
+        ))
+    }
+
     /// `self.forward_t(x, train)?.relu()`, with the ReLU fused into the kernels on the fast path.
     pub fn forward_t_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_with(x, train, true, crate::ops::fast_path(x))
@@ -190,13 +203,9 @@ impl BatchNorm {
         } else {
             let mean: Vec<f32> = self.running_mean.as_tensor().to_vec1()?;
             let var: Vec<f32> = self.running_var.as_tensor().to_vec1()?;
-            let inv_std = var
-                .iter()
-                .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
-                .collect();
             let op = BnOp {
                 relu,
-                mode: Mode::Eval(Norm { mean, inv_std }),
+                mode: Mode::Eval(Norm::from_running(mean, &var, self.eps)),
             };
             x.apply_op3(&gamma, &beta, op)
         }
@@ -206,17 +215,23 @@ impl BatchNorm {
     /// any error in the input the same way candle-nn does).
     fn fast_applies(&self, x: &Tensor) -> bool {
         let dims = x.dims();
+        x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && dims.len() >= 2
+            && x.elem_count() > 0
+            && self.folds_into(dims[1])
+    }
+
+    /// Whether a convolution with `channels` outputs can fold this layer in (its variables
+    /// are f32 on the CPU, one per channel).
+    pub(crate) fn folds_into(&self, channels: usize) -> bool {
         let vars = [
             &self.weight,
             &self.bias,
             self.running_mean.as_tensor(),
             self.running_var.as_tensor(),
         ];
-        x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && dims.len() >= 2
-            && dims[1] == self.num_features
-            && x.elem_count() > 0
+        channels == self.num_features
             && vars.iter().all(|v| {
                 v.device().is_cpu() && v.dtype() == DType::F32 && v.dims() == [self.num_features]
             })
@@ -272,6 +287,17 @@ fn poisoned() -> candle_core::Error {
 struct Norm {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
+}
+
+impl Norm {
+    /// From running statistics: `inv_std = 1 / sqrt(var + eps)`, computed in f64.
+    fn from_running(mean: Vec<f32>, var: &[f32], eps: f64) -> Self {
+        let inv_std = var
+            .iter()
+            .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+            .collect();
+        Self { mean, inv_std }
+    }
 }
 
 /// What the training forward measured.

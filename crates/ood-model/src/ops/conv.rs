@@ -297,14 +297,20 @@ fn direct_allowed() -> bool {
     direct::available()
 }
 
-fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+fn conv_forward(
+    x: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    epilogue: Option<&direct::Epilogue>,
+) -> Vec<f32> {
     if let Some(conv) = g.direct() {
         let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * g.out_pixels());
         let across = images_in_parallel(g.n);
         // Every value written: each image's output by `forward_image`.
         return super::written_vec(g.n * out_len, |y| {
             for_each_image(y, out_len, across, |(i, y_img), s: &mut direct::Scratch| {
-                direct::forward_image(&conv, &x[i * in_len..(i + 1) * in_len], w, y_img, s)
+                let x_img = &x[i * in_len..(i + 1) * in_len];
+                direct::forward_image(&conv, x_img, w, y_img, s, epilogue)
             })
         });
     }
@@ -330,6 +336,16 @@ fn conv_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
             (howo, 1),
             !across,
         );
+        if let Some(e) = epilogue {
+            for (channel, &shift) in y_img.chunks_exact_mut(howo).zip(&e.shift) {
+                for v in channel {
+                    *v += shift;
+                    if e.relu {
+                        *v = v.max(0.0);
+                    }
+                }
+            }
+        }
     };
     for_each_image(&mut y, g.cout * howo, across, work);
     y
@@ -535,6 +551,7 @@ impl CustomOp2 for ConvForward {
             super::cpu_f32(s1, l1, "conv2d input")?,
             super::cpu_f32(s2, l2, "conv2d weight")?,
             &g,
+            None,
         );
         Ok((CpuStorage::F32(y), Shape::from((n, cout, g.ho, g.wo))))
     }
@@ -559,6 +576,48 @@ impl CustomOp2 for ConvForward {
         )?;
         let dw = filter_gradient(x, &dy, w, self.stride, self.pad)?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `(x, w) -> relu?(conv2d(x, w) + shift)`, for evaluation only (no gradient): a convolution
+/// with the BatchNorm after it folded into `w` and `shift` (see [`Conv2d::forward_folded`]).
+#[derive(Debug, Clone)]
+struct ConvEval {
+    stride: usize,
+    pad: usize,
+    epilogue: direct::Epilogue,
+}
+
+impl CustomOp2 for ConvEval {
+    fn name(&self) -> &'static str {
+        "ood-conv2d-eval"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, cin, h, w) = dims4(l1, "conv2d input")?;
+        let (cout, cin_w, k, k2) = dims4(l2, "conv2d weight")?;
+        if cin != cin_w || k != k2 || self.epilogue.shift.len() != cout {
+            candle_core::bail!(
+                "conv2d: input {:?}, weight {:?} and {} shifts do not fit",
+                l1.dims(),
+                l2.dims(),
+                self.epilogue.shift.len()
+            );
+        }
+        let g = Geometry::new((n, cin, h, w), cout, k, self.stride, self.pad)?;
+        let y = conv_forward(
+            super::cpu_f32(s1, l1, "conv2d input")?,
+            super::cpu_f32(s2, l2, "conv2d weight")?,
+            &g,
+            Some(&self.epilogue),
+        );
+        Ok((CpuStorage::F32(y), Shape::from((n, cout, g.ho, g.wo))))
     }
 }
 
@@ -731,6 +790,38 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// In evaluation, `bn(self(x))` (then a ReLU when `relu`) as one convolution: the
+    /// BatchNorm's per-channel scale folded into the weights, its shift (and this layer's bias)
+    /// added as the output is written. `None` where the fast kernels do not take `x`; then
+    /// the layers run one after the other. Not for training: it has no gradient.
+    pub fn forward_folded(
+        &self,
+        x: &Tensor,
+        bn: &super::batchnorm::BatchNorm,
+        relu: bool,
+    ) -> Result<Option<Tensor>> {
+        let cout = self.weight.dim(0)?;
+        if !(super::fast_path(x) && super::fast_path(&self.weight) && bn.folds_into(cout)) {
+            return Ok(None);
+        }
+        let (scale, mut shift) = bn.eval_affine()?;
+        if let Some(bias) = &self.bias {
+            for ((s, &k), &b) in shift.iter_mut().zip(&scale).zip(&bias.to_vec1::<f32>()?) {
+                *s += b * k;
+            }
+        }
+        let scale = Tensor::from_vec(scale, (cout, 1, 1, 1), x.device())?;
+        let w = self.weight.broadcast_mul(&scale)?.contiguous()?;
+        let op = ConvEval {
+            stride: self.stride,
+            pad: self.pad,
+            epilogue: direct::Epilogue { shift, relu },
+        };
+        x.contiguous()?.apply_op2_no_bwd(&w, &op).map(Some)
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = conv2d(x, &self.weight, self.stride, self.pad)?;
@@ -886,6 +977,76 @@ mod tests {
     #[test]
     fn model_shapes_match_candle() {
         on_both_routes(model_shapes);
+    }
+
+    #[test]
+    fn folded_batch_norm_matches_convolution_then_batch_norm() {
+        on_both_routes(folded_shapes);
+    }
+
+    /// `Conv2d::forward_folded` against the layers one after the other, in evaluation, with
+    /// running statistics, scales and shifts away from their initial values, with and without a
+    /// bias and a ReLU; 1x1 stride-2 shortcuts included.
+    fn folded_shapes() {
+        use crate::ops::batchnorm::BatchNorm;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let dev = Device::Cpu;
+        for case in 0..24 {
+            let (k, stride) = [(3, 1), (3, 2), (1, 2), (1, 1), (5, 1)][case % 5];
+            let pad = k / 2;
+            let size = rng.random_range(k.max(2)..=15);
+            let (n, cin, cout) = (
+                [1, 2, 5][rng.random_range(0..3)],
+                rng.random_range(1..=9),
+                rng.random_range(1..=11),
+            );
+            let bias = case % 2 == 0;
+            let conv = Conv2d {
+                weight: random(&[cout, cin, k, k], &mut rng),
+                bias: bias.then(|| random(&[cout], &mut rng)),
+                stride,
+                pad,
+            };
+            let positive =
+                |rng: &mut rand::rngs::StdRng| (random(&[cout], rng).abs().unwrap() + 0.2).unwrap();
+            let bn = BatchNorm::new(
+                cout,
+                random(&[cout], &mut rng),
+                positive(&mut rng),
+                positive(&mut rng),
+                random(&[cout], &mut rng),
+                1e-5,
+                0.1,
+            )
+            .unwrap();
+            let x = random(&[n, cin, size, size], &mut rng);
+            for relu in [false, true] {
+                let what = format!("case {case}: n{n} cin{cin} cout{cout} {size}px k{k} s{stride} bias {bias} relu {relu}");
+                let got = conv.forward_folded(&x, &bn, relu).unwrap().expect(&what);
+                let y =
+                    candle_nn::ModuleT::forward_t(&bn, &x.apply(&conv).unwrap(), false).unwrap();
+                let want = if relu { y.relu().unwrap() } else { y };
+                assert_close(&got, &want, &what);
+            }
+        }
+        // Not on the fast kernels: the caller runs the layers one after the other.
+        let x = Tensor::zeros((1, 2, 5, 5), candle_core::DType::F64, &dev).unwrap();
+        let conv = Conv2d {
+            weight: Tensor::zeros((3, 2, 3, 3), candle_core::DType::F64, &dev).unwrap(),
+            bias: None,
+            stride: 1,
+            pad: 1,
+        };
+        let bn = BatchNorm::fresh(3).unwrap();
+        assert!(conv.forward_folded(&x, &bn, false).unwrap().is_none());
+        // A BatchNorm of another width does not fold in.
+        let x = random(&[1, 2, 5, 5], &mut rng);
+        let conv = Conv2d {
+            weight: random(&[3, 2, 3, 3], &mut rng),
+            ..conv
+        };
+        let bn = BatchNorm::fresh(4).unwrap();
+        assert!(conv.forward_folded(&x, &bn, false).unwrap().is_none());
     }
 
     #[test]

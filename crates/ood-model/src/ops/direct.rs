@@ -73,6 +73,46 @@ unsafe fn copy_row(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     }
 }
 
+/// `dst = src + shift`, then `max(0, .)` when `relu`: [`copy_row`] with a convolution's bias
+/// (and the BatchNorm folded into it) applied on the way.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+#[inline]
+unsafe fn shift_row(dst: &mut [MaybeUninit<f32>], src: &[f32], shift: f32, relu: bool) {
+    assert_eq!(dst.len(), src.len(), "shift_row lengths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let n = src.len();
+        let (d, s) = (dst.as_mut_ptr().cast::<f32>(), src.as_ptr());
+        let shift = _mm512_set1_ps(shift);
+        // max(v, -inf) is v: one code path with or without the ReLU.
+        let floor = _mm512_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
+        let mut i = 0;
+        while i + V <= n {
+            let v = _mm512_add_ps(_mm512_loadu_ps(s.add(i)), shift);
+            _mm512_storeu_ps(d.add(i), _mm512_max_ps(v, floor));
+            i += V;
+        }
+        if i < n {
+            let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+            let v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, s.add(i)), shift);
+            _mm512_mask_storeu_ps(d.add(i), mask, _mm512_max_ps(v, floor));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (d, &v) in dst.iter_mut().zip(src) {
+        let v = v + shift;
+        d.write(if relu { v.max(0.0) } else { v });
+    }
+}
+
+/// What follows a convolution in evaluation, applied as its output is written: a shift per
+/// output channel (its bias, and the shift of a BatchNorm folded into it), then a ReLU or not.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Epilogue {
+    pub shift: Vec<f32>,
+    pub relu: bool,
+}
+
 /// How one image `(channels, h, w)` is laid out for the kernels: padded by `pad` on every side,
 /// split into `stride x stride` phases of `row` values per line, `plane` values per phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,14 +233,24 @@ impl Plan {
     }
 
     /// Copies the kept positions of `yq (channels, q)` into `y (channels, ho, wo)`, writing
-    /// every value of `y`.
+    /// every value of `y`, through `epilogue` when given.
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-    unsafe fn compact(&self, yq: &[f32], channels: usize, y: &mut [MaybeUninit<f32>]) {
+    unsafe fn compact(
+        &self,
+        yq: &[f32],
+        channels: usize,
+        y: &mut [MaybeUninit<f32>],
+        epilogue: Option<&Epilogue>,
+    ) {
         for c in 0..channels {
             let src = &yq[c * self.q..];
             let dst = &mut y[c * self.ho * self.wo..(c + 1) * self.ho * self.wo];
             for (oy, line) in dst.chunks_exact_mut(self.wo).enumerate() {
-                copy_row(line, &src[oy * self.row..oy * self.row + self.wo]);
+                let from = &src[oy * self.row..oy * self.row + self.wo];
+                match epilogue {
+                    Some(e) => shift_row(line, from, e.shift[c], e.relu),
+                    None => copy_row(line, from),
+                }
             }
         }
     }
@@ -336,6 +386,7 @@ pub(super) fn forward_image(
     w: &[f32],
     y: &mut [MaybeUninit<f32>],
     s: &mut Scratch,
+    epilogue: Option<&Epilogue>,
 ) {
     assert!(available(), "direct convolution called without AVX-512");
     assert_eq!(
@@ -356,7 +407,7 @@ pub(super) fn forward_image(
     // SAFETY: AVX-512 is present (asserted above); every tap of every grid position is inside
     // the input's planes.
     unsafe { s.forward(&kernel, w) };
-    unsafe { conv.plan.compact(&s.grid, conv.cout, y) };
+    unsafe { conv.plan.compact(&s.grid, conv.cout, y, epilogue) };
 }
 
 /// How many images the weight gradient lays on the grid at once. Each tile of output channels
@@ -575,7 +626,7 @@ pub(super) fn input_gradient_image(
         unsafe { s.forward(&kernel, w) };
         let p = &ph.plan;
         if g.stride == 1 {
-            unsafe { p.compact(&s.grid, g.cin, dx) };
+            unsafe { p.compact(&s.grid, g.cin, dx, None) };
             continue;
         }
         for c in 0..g.cin {
