@@ -15,9 +15,12 @@ fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Con
 }
 
 /// `bn(conv(x))`, then a ReLU when `relu`. In evaluation on the fast kernels, one pass: the
-/// BatchNorm folded into the convolution (no separate pass over the activations).
+/// BatchNorm folded into the convolution (no separate pass over the activations). The folded
+/// op has no gradient, so it runs only where none is asked for: where the input is not part of
+/// a graph (ODIN's input gradient goes through the layers one after the other). Evaluation
+/// gives the weights no gradient, as nothing trains in evaluation.
 fn conv_bn(x: &Tensor, conv: &Conv2d, bn: &BatchNorm, train: bool, relu: bool) -> Result<Tensor> {
-    if !train {
+    if !train && !x.track_op() {
         if let Some(y) = conv.forward_folded(x, bn, relu)? {
             return Ok(y);
         }

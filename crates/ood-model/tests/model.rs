@@ -1,4 +1,4 @@
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, ModuleT, Tensor};
 use ood_model::checkpoint::{
     file_sha256, save_checkpoint, sha256_hex, strip_training_state, Checkpoint, CheckpointMeta,
     FORMAT_VERSION,
@@ -187,4 +187,53 @@ fn bad_checkpoints_are_rejected_with_clear_errors() {
     let (vm_small, _) = build(&other, &Device::Cpu, 1).unwrap();
     assert!(ck_small.load_into(&good, &vm_small).is_err());
     assert!(ck_small.load_into(&good, &vm_tiny).is_ok());
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * scale, "{what}[{i}]: {a} vs {b}");
+    }
+}
+
+/// In evaluation the fast kernels fold each BatchNorm into its convolution; the model must
+/// give what candle's layers, one after the other, give, and an input that asks for its
+/// gradient (ODIN) must still get it.
+#[test]
+fn evaluation_with_folded_batch_norm_matches_candle_and_keeps_input_gradients() {
+    use ood_model::ops::{set_kernels, Kernels};
+    let config = preset("tiny", 9).unwrap();
+    let (_vm, net) = build(&config, &Device::Cpu, 7).unwrap();
+    let x = Tensor::rand(0f32, 1f32, (5, 1, 28, 28), &Device::Cpu).unwrap();
+    // Training steps move the running statistics away from 0 and 1.
+    for _ in 0..3 {
+        net.forward_all(&x, true).unwrap();
+    }
+    let run = |kernels| {
+        set_kernels(kernels);
+        let out = net.forward_all(&x, false).unwrap();
+        let input = candle_core::Var::from_tensor(&x).unwrap();
+        let logits = net.forward_t(input.as_tensor(), false).unwrap();
+        let loss = logits.max(1).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let grad = grads.get(input.as_tensor()).expect("the input's gradient");
+        (
+            values(&out.logits),
+            values(&out.reconstruction),
+            values(&logits),
+            values(grad),
+        )
+    };
+    let candle = run(Kernels::Candle);
+    let fast = run(Kernels::Fast);
+    set_kernels(Kernels::Fast);
+    assert_close(&fast.0, &candle.0, "logits");
+    assert_close(&fast.1, &candle.1, "reconstruction");
+    assert_close(&fast.2, &candle.2, "logits of an input that tracks its gradient");
+    assert_close(&fast.3, &candle.3, "input gradient");
+    assert!(candle.3.iter().any(|&g| g != 0.0));
 }
