@@ -233,7 +233,11 @@ fn evaluation_with_folded_batch_norm_matches_candle_and_keeps_input_gradients() 
     set_kernels(Kernels::Fast);
     assert_close(&fast.0, &candle.0, "logits");
     assert_close(&fast.1, &candle.1, "reconstruction");
-    assert_close(&fast.2, &candle.2, "logits of an input that tracks its gradient");
+    assert_close(
+        &fast.2,
+        &candle.2,
+        "logits of an input that tracks its gradient",
+    );
     assert_close(&fast.3, &candle.3, "input gradient");
     assert!(candle.3.iter().any(|&g| g != 0.0));
 }

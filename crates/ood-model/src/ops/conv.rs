@@ -537,23 +537,7 @@ impl CustomOp2 for ConvForward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, cin, h, w) = dims4(l1, "conv2d input")?;
-        let (cout, cin_w, k, k2) = dims4(l2, "conv2d weight")?;
-        if cin != cin_w || k != k2 {
-            candle_core::bail!(
-                "conv2d: input {:?} and weight {:?} do not fit",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let g = Geometry::new((n, cin, h, w), cout, k, self.stride, self.pad)?;
-        let y = conv_forward(
-            super::cpu_f32(s1, l1, "conv2d input")?,
-            super::cpu_f32(s2, l2, "conv2d weight")?,
-            &g,
-            None,
-        );
-        Ok((CpuStorage::F32(y), Shape::from((n, cout, g.ho, g.wo))))
+        forward_storage((s1, l1), (s2, l2), self.stride, self.pad, None)
     }
 
     fn bwd(
@@ -579,6 +563,35 @@ impl CustomOp2 for ConvForward {
     }
 }
 
+/// The forward of [`ConvForward`] and [`ConvEval`] on CPU storage: `(x, w) -> y`, through
+/// `epilogue` when given.
+fn forward_storage(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    stride: usize,
+    pad: usize,
+    epilogue: Option<&direct::Epilogue>,
+) -> Result<(CpuStorage, Shape)> {
+    let (n, cin, h, w) = dims4(l1, "conv2d input")?;
+    let (cout, cin_w, k, k2) = dims4(l2, "conv2d weight")?;
+    let shifts = epilogue.map_or(cout, |e| e.shift.len());
+    if cin != cin_w || k != k2 || shifts != cout {
+        candle_core::bail!(
+            "conv2d: input {:?}, weight {:?} and {shifts} output shifts do not fit",
+            l1.dims(),
+            l2.dims(),
+        );
+    }
+    let g = Geometry::new((n, cin, h, w), cout, k, stride, pad)?;
+    let y = conv_forward(
+        super::cpu_f32(s1, l1, "conv2d input")?,
+        super::cpu_f32(s2, l2, "conv2d weight")?,
+        &g,
+        epilogue,
+    );
+    Ok((CpuStorage::F32(y), Shape::from((n, cout, g.ho, g.wo))))
+}
+
 /// `(x, w) -> relu?(conv2d(x, w) + shift)`, for evaluation only (no gradient): a convolution
 /// with the BatchNorm after it folded into `w` and `shift` (see [`Conv2d::forward_folded`]).
 #[derive(Debug, Clone)]
@@ -600,24 +613,8 @@ impl CustomOp2 for ConvEval {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, cin, h, w) = dims4(l1, "conv2d input")?;
-        let (cout, cin_w, k, k2) = dims4(l2, "conv2d weight")?;
-        if cin != cin_w || k != k2 || self.epilogue.shift.len() != cout {
-            candle_core::bail!(
-                "conv2d: input {:?}, weight {:?} and {} shifts do not fit",
-                l1.dims(),
-                l2.dims(),
-                self.epilogue.shift.len()
-            );
-        }
-        let g = Geometry::new((n, cin, h, w), cout, k, self.stride, self.pad)?;
-        let y = conv_forward(
-            super::cpu_f32(s1, l1, "conv2d input")?,
-            super::cpu_f32(s2, l2, "conv2d weight")?,
-            &g,
-            Some(&self.epilogue),
-        );
-        Ok((CpuStorage::F32(y), Shape::from((n, cout, g.ho, g.wo))))
+        let e = &self.epilogue;
+        forward_storage((s1, l1), (s2, l2), self.stride, self.pad, Some(e))
     }
 }
 
