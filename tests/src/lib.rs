@@ -32,3 +32,18 @@ pub fn mnist() -> Option<&'static (LabeledImages, LabeledImages)> {
     })
     .as_ref()
 }
+
+/// What each end-to-end test starts from: the data root, as the command line takes it, and a
+/// temporary folder for the test's files. `None` (with the reason printed) without MNIST.
+pub fn setup() -> Option<(String, tempfile::TempDir)> {
+    mnist()?;
+    let root = data_root()?.to_str()?.to_string();
+    Some((root, tempfile::tempdir().expect("a temporary folder")))
+}
+
+/// `ood ARGS`, run in-process.
+pub fn ood(args: &[&str]) -> anyhow::Result<()> {
+    let mut full = vec!["ood"];
+    full.extend_from_slice(args);
+    ood_cli::run(full)
+}

@@ -1,22 +1,18 @@
 //! The whole chain through the `ood` command line, in-process: train the tiny preset on a
 //! small real subset, calibrate, evaluate, and check the files, their fields and the figures.
 
-use ood_e2e_tests::{data_root, mnist};
+use ood_e2e_tests::{ood, setup};
 
 fn run(args: &[&str]) {
-    let mut full = vec!["ood"];
-    full.extend_from_slice(args);
-    ood_cli::run(full).unwrap_or_else(|e| panic!("ood {}: {e:#}", args.join(" ")));
+    ood(args).unwrap_or_else(|e| panic!("ood {}: {e:#}", args.join(" ")));
 }
 
 #[test]
 fn train_calibrate_evaluate_writes_every_file() {
-    if mnist().is_none() {
+    let Some((root, dir)) = setup() else {
         return;
-    }
-    let root = data_root().unwrap();
-    let root = root.to_str().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    };
+    let root = root.as_str();
     let run_dir = dir.path().join("run");
     let run_dir_s = run_dir.to_str().unwrap();
     run(&[
@@ -188,7 +184,7 @@ fn train_calibrate_evaluate_writes_every_file() {
         .contains("| MSP |"));
 
     // Prediction on image files: MNIST test digits written as inverted, enlarged PGMs.
-    let (_, test) = mnist().unwrap();
+    let (_, test) = ood_e2e_tests::mnist().unwrap();
     let mut files = Vec::new();
     for i in 0..3 {
         let img = test.images.image(i);
@@ -204,9 +200,7 @@ fn train_calibrate_evaluate_writes_every_file() {
     let bad = dir.path().join("notes.png");
     std::fs::write(&bad, "not an image").unwrap();
     args.push(bad.to_str().unwrap());
-    let mut full = vec!["ood"];
-    full.extend_from_slice(&args);
-    let err = ood_cli::run(full).unwrap_err();
+    let err = ood(&args).unwrap_err();
     assert!(
         format!("{err:#}").contains("1 of 4 images could not be read"),
         "{err:#}"
@@ -231,8 +225,7 @@ fn train_calibrate_evaluate_writes_every_file() {
         "--out",
         other.to_str().unwrap(),
     ]);
-    let err = ood_cli::run([
-        "ood",
+    let err = ood(&[
         "evaluate",
         other.join("checkpoint.safetensors").to_str().unwrap(),
         "--data-dir",

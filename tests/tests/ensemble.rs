@@ -1,13 +1,7 @@
 //! `ood train --ensemble N` end to end, in-process: the members share the hold-out and differ
 //! in their seed, and every later stage takes the folder as one model.
 
-use ood_e2e_tests::{data_root, mnist};
-
-fn run(args: &[&str]) -> anyhow::Result<()> {
-    let mut full = vec!["ood"];
-    full.extend_from_slice(args);
-    ood_cli::run(full)
-}
+use ood_e2e_tests::{ood as run, setup};
 
 fn training(root: &str, out: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
@@ -41,12 +35,10 @@ fn tensors(path: &std::path::Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn an_ensemble_trains_into_members_and_is_used_as_one_model() {
-    if mnist().is_none() {
+    let Some((root, dir)) = setup() else {
         return;
-    }
-    let root = data_root().unwrap();
-    let root = root.to_str().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    };
+    let root = root.as_str();
     let ens = dir.path().join("ens");
     let ens_s = ens.to_str().unwrap();
     let args = training(root, ens_s, &["--ensemble", "2", "--seed", "4"]);
