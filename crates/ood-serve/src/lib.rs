@@ -34,7 +34,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use batcher::{BatchPolicy, Batcher, Refused};
+pub use batcher::BatchPolicy;
+use batcher::{Batcher, Refused};
 use http_body_util::BodyExt;
 use image::ImageEncoder as _;
 use model::{Model, Prediction};
@@ -65,14 +66,8 @@ pub type Result<T, E = ServeError> = std::result::Result<T, E>;
 /// The server's limits and batching.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Most images in one batch through the model.
-    pub max_batch: usize,
-    /// How long the batcher waits for more images once it has one.
-    pub batch_wait: Duration,
-    /// Most batches through the model at once, each on its own compute threads.
-    pub lanes: usize,
-    /// Compute threads of each batch.
-    pub threads_per_batch: usize,
+    /// How requests are batched through the model.
+    pub batching: BatchPolicy,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
     /// Requests handled at once; beyond it, 503 (load is shed rather than queued without end).
@@ -86,16 +81,7 @@ pub struct ServeConfig {
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
-            // On a single-threaded lane a batch of 8 already costs about as much per image as
-            // larger ones, and larger batches make the slowest requests slower: under `cargo
-            // xtask loadtest`, p99 44-50 ms with 8 against 51-65 ms with 64.
-            max_batch: 8,
-            // A free lane starts on what is queued at once: under load, the queue fills while
-            // the lanes are busy, and waiting for more (2 ms, say) measured slower.
-            batch_wait: Duration::ZERO,
-            // One single-threaded batch per core (see the batcher for why).
-            lanes: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            threads_per_batch: 1,
+            batching: BatchPolicy::default(),
             // A phone photo fits; a 10 MB upload does not.
             max_body_bytes: 8 << 20,
             max_in_flight: 256,
@@ -117,12 +103,7 @@ struct App {
 pub fn router(model: Arc<Model>, config: ServeConfig) -> Result<Router> {
     let batcher = Batcher::start(
         model.clone(),
-        BatchPolicy {
-            max_batch: config.max_batch,
-            wait: config.batch_wait,
-            lanes: config.lanes,
-            threads_per_batch: config.threads_per_batch,
-        },
+        config.batching,
         // Each request in flight holds at most one image in the queue.
         config.max_in_flight,
     )

@@ -188,11 +188,14 @@ async fn malformed_requests_get_a_4xx_with_a_json_error_and_the_server_stays_up(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched_and_get_the_answers_they_get_alone() {
     let server = TestServer::start(ServeConfig {
-        // Long enough that concurrent requests surely meet in one batch on a busy machine.
-        batch_wait: std::time::Duration::from_millis(50),
-        // Batches side by side, whatever the cores, so answers are compared across lanes.
-        lanes: 3,
-        threads_per_batch: 1,
+        batching: ood_serve::BatchPolicy {
+            // Long enough that concurrent requests surely meet in one batch on a busy machine.
+            wait: std::time::Duration::from_millis(50),
+            // Batches side by side, whatever the cores, so answers are compared across lanes.
+            lanes: 3,
+            threads_per_batch: 1,
+            ..Default::default()
+        },
         ..Default::default()
     })
     .await;
@@ -240,8 +243,11 @@ async fn concurrent_requests_are_batched_and_get_the_answers_they_get_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_is_served_and_shutdown_is_graceful() {
     let mut server = TestServer::start(ServeConfig {
-        // A request waits this long in the batcher: time to start the shutdown meanwhile.
-        batch_wait: std::time::Duration::from_millis(400),
+        batching: ood_serve::BatchPolicy {
+            // A request waits this long in the batcher: time to start the shutdown meanwhile.
+            wait: std::time::Duration::from_millis(400),
+            ..Default::default()
+        },
         ..Default::default()
     })
     .await;

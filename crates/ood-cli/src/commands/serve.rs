@@ -1,7 +1,7 @@
 use anyhow::{Context, Result};
 use ood_model::DeviceChoice;
 use ood_serve::model::{Model, ModelSource};
-use ood_serve::ServeConfig;
+use ood_serve::{BatchPolicy, ServeConfig};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,16 +20,16 @@ pub struct ServeArgs {
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// Most images in one batch through the model.
-    #[arg(long, default_value_t = ServeConfig::default().max_batch)]
+    #[arg(long, default_value_t = BatchPolicy::default().max_batch)]
     pub max_batch: usize,
     /// Microseconds the batcher waits for more images once it has one.
-    #[arg(long, default_value_t = ServeConfig::default().batch_wait.as_micros() as u64)]
+    #[arg(long, default_value_t = BatchPolicy::default().wait.as_micros() as u64)]
     pub batch_wait_us: u64,
     /// Most batches through the model at once (default: one per core).
-    #[arg(long, default_value_t = ServeConfig::default().lanes)]
+    #[arg(long, default_value_t = BatchPolicy::default().lanes)]
     pub lanes: usize,
     /// Compute threads of each batch.
-    #[arg(long, default_value_t = ServeConfig::default().threads_per_batch)]
+    #[arg(long, default_value_t = BatchPolicy::default().threads_per_batch)]
     pub threads_per_batch: usize,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
@@ -41,10 +41,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let source = ModelSource::from_args(args.checkpoint.as_deref(), args.calibration.as_deref());
     let model = Model::load(&source, &device)?;
     let config = ServeConfig {
-        max_batch: args.max_batch,
-        batch_wait: Duration::from_micros(args.batch_wait_us),
-        lanes: args.lanes,
-        threads_per_batch: args.threads_per_batch,
+        batching: BatchPolicy {
+            max_batch: args.max_batch,
+            wait: Duration::from_micros(args.batch_wait_us),
+            lanes: args.lanes,
+            threads_per_batch: args.threads_per_batch,
+        },
         ..Default::default()
     };
     // The async side only moves bytes (inference runs on blocking threads), so two workers do;
