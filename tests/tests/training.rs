@@ -4,7 +4,7 @@ use candle_core::Device;
 use ood_data::{ClassSpec, SplitConfig, Splits};
 use ood_e2e_tests::mnist;
 use ood_model::Checkpoint;
-use ood_train::{train, Outcome, TrainConfig, CHECKPOINT_FILE};
+use ood_train::{train, Outcome, OutlierExposure, TrainConfig, CHECKPOINT_FILE, METRICS_FILE};
 use std::sync::atomic::AtomicBool;
 
 /// Trains into `dir` (resuming when `resume`); `interrupt` stops after the first batch, as
@@ -81,21 +81,23 @@ fn tensors(path: &std::path::Path) -> Vec<(String, Vec<f32>)> {
     ood_model::named_values(&ck.tensors).unwrap()
 }
 
-#[test]
-fn resumed_run_equals_uninterrupted_run() {
-    let Some((config, splits)) = setup(256, 2) else {
-        return;
-    };
+/// Trains `config` straight through, and again interrupted after the first batch and resumed;
+/// both checkpoints (model and training state) must be equal bit for bit. Returns the folder
+/// of the resumed run.
+fn assert_resumed_run_equals_uninterrupted_run(
+    config: &TrainConfig,
+    splits: &Splits,
+) -> tempfile::TempDir {
     let straight = tempfile::tempdir().unwrap();
-    run(&config, &splits, straight.path(), false, false).unwrap();
+    run(config, splits, straight.path(), false, false).unwrap();
 
     // Interrupted after the first batch of the first epoch, then resumed to the end.
     let resumed = tempfile::tempdir().unwrap();
-    let s = run(&config, &splits, resumed.path(), false, true).unwrap();
+    let s = run(config, splits, resumed.path(), false, true).unwrap();
     assert_eq!(s.outcome, Outcome::Interrupted);
     let meta = Checkpoint::read_meta(resumed.path().join(CHECKPOINT_FILE)).unwrap();
     assert_eq!((meta.epoch, meta.batch_in_epoch), (0, 1));
-    let s = run(&config, &splits, resumed.path(), true, false).unwrap();
+    let s = run(config, splits, resumed.path(), true, false).unwrap();
     assert_eq!(s.outcome, Outcome::Finished);
 
     let a = tensors(&straight.path().join(CHECKPOINT_FILE));
@@ -105,12 +107,79 @@ fn resumed_run_equals_uninterrupted_run() {
         assert_eq!(na, nb);
         assert!(va == vb, "{na} differs after resuming");
     }
+    resumed
+}
 
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let Some((config, splits)) = setup(256, 2) else {
+        return;
+    };
+    let resumed = assert_resumed_run_equals_uninterrupted_run(&config, &splits);
     // Resuming with other arguments is refused.
     let mut other = config.clone();
     other.learning_rate *= 2.0;
     let err = run(&other, &splits, resumed.path(), true, false).unwrap_err();
     assert!(err.to_string().contains("other arguments"), "{err}");
+}
+
+/// The weight average's live weights and outlier exposure's negatives are part of the state
+/// a resumed run must reproduce.
+#[test]
+fn resumed_run_with_weight_average_and_outlier_exposure_equals_uninterrupted_run() {
+    let Some((mut config, splits)) = setup(256, 2) else {
+        return;
+    };
+    config.ema_decay = Some(0.9);
+    config.outlier_exposure = Some(OutlierExposure {
+        negatives: 8,
+        ..Default::default()
+    });
+    let resumed = assert_resumed_run_equals_uninterrupted_run(&config, &splits);
+    let names: Vec<String> = tensors(&resumed.path().join(CHECKPOINT_FILE))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(names
+        .iter()
+        .any(|n| n == "optimizer.live.classifier.weight"));
+    let history = ood_train::train::read_history(&resumed.path().join(METRICS_FILE)).unwrap();
+    assert!(
+        history.iter().all(|m| m.outlier_exposure > 0.0),
+        "{history:?}"
+    );
+}
+
+/// The model weights of a checkpoint, without the training state.
+fn model_tensors(dir: &std::path::Path) -> Vec<(String, Vec<f32>)> {
+    tensors(&dir.join(CHECKPOINT_FILE))
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("optimizer."))
+        .collect()
+}
+
+#[test]
+fn the_saved_model_is_the_weight_average() {
+    let Some((mut config, splits)) = setup(128, 1) else {
+        return;
+    };
+    let trained = |config: &TrainConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        run(config, &splits, dir.path(), false, false).unwrap();
+        model_tensors(dir.path())
+    };
+    let plain = trained(&config);
+    // With decay 0 the average is the last step's weights, bit for bit.
+    config.ema_decay = Some(0.0);
+    assert!(trained(&config) == plain);
+    // With decay 0.9 it lags behind them: every trained weight differs.
+    config.ema_decay = Some(0.9);
+    let averaged = trained(&config);
+    for ((name, a), (_, b)) in averaged.iter().zip(&plain) {
+        if !name.contains("running") && !name.contains("num_batches") {
+            assert!(a != b, "{name} is the last step's");
+        }
+    }
 }
 
 #[test]

@@ -4,9 +4,9 @@
 //! (`--data-dir`, else `$OOD_DATA_DIR`, else `assets/data`), makes the seeded splits of the
 //! open-set protocol (known classes for training and validation, unknown classes for testing),
 //! corrupts images for the denoiser (Gaussian noise plus an occluding square), warps training
-//! images a little for augmentation (rotation, scale, shift), makes the
-//! synthetic-OOD transforms used in calibration (rotations, heavy occlusion), and cuts sets into
-//! seeded mini-batches of candle tensors.
+//! images a little for augmentation (rotation, scale, shift), draws scribbles as negatives for
+//! outlier exposure, makes the synthetic-OOD transforms used in calibration (rotations, heavy
+//! occlusion), and cuts sets into seeded mini-batches of candle tensors.
 //!
 //! It is not a model, a loss or a training loop, and it never downloads anything unless the
 //! `hub` feature is on (see [`hub`]).
@@ -29,6 +29,7 @@ pub mod augment;
 pub mod batch;
 pub mod hub;
 pub mod idx;
+pub mod negatives;
 pub mod noise;
 pub mod prepare;
 pub mod source;

@@ -125,3 +125,35 @@ fn std_loss_ignores_correct_samples_and_rewards_even_scores() {
     let b = scalar(&std_loss(&even_wrong, &t, StdSign::Intended).unwrap());
     assert!(a > b && b > 0.0);
 }
+
+#[test]
+fn energy_margin_by_hand_and_its_gradient() {
+    // Row energies: -ln(3 e^0) = -ln 3, and -ln(e^2 + 2) for [2, 0, 0].
+    let known = t2(&[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]]);
+    let e: Vec<f64> = energy(&known).unwrap().to_vec1().unwrap();
+    assert!((e[0] + 3f64.ln()).abs() < 1e-12 && (e[1] + (2f64.exp() + 2.0).ln()).abs() < 1e-12);
+    // Margins -1.5 and -0.5: known row 0 (-1.0986) is 0.4014 above its margin, row 1
+    // (-2.2395) below it; the negative (-ln 3 again) is 0.5986 below its margin.
+    let negative = t2(&[[0.0, 0.0, 0.0]]);
+    let margins = EnergyMargins {
+        known: -1.5,
+        negative: -0.5,
+    };
+    let want = (1.5 - 3f64.ln()).powi(2) / 2.0 + (3f64.ln() - 0.5).powi(2);
+    let got = scalar(&energy_margin(&known, &negative, margins).unwrap());
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    // Both on the right side of their margins: no loss at all.
+    let wide = EnergyMargins {
+        known: 0.0,
+        negative: -5.0,
+    };
+    assert_eq!(
+        scalar(&energy_margin(&known, &negative, wide).unwrap()),
+        0.0
+    );
+    check_gradient(|z| energy_margin(z, &negative, margins).unwrap(), &known);
+    check_gradient(
+        |z| energy_margin(&known, z, margins).unwrap(),
+        &t2(&[[0.3, -0.2, 0.1]]),
+    );
+}

@@ -28,8 +28,8 @@ pub mod train;
 
 pub use infer::{accuracy, infer, Inference};
 pub use train::{
-    member_dir, train, EpochMetrics, Outcome, TrainConfig, TrainSummary, CHECKPOINT_FILE,
-    METRICS_FILE,
+    member_dir, train, EpochMetrics, Outcome, OutlierExposure, TrainConfig, TrainSummary,
+    CHECKPOINT_FILE, METRICS_FILE,
 };
 
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 //! AdamW whose state can be saved and restored (candle-nn's keeps its moments private, and an
-//! exact `--resume` needs them), and the warm-up + cosine learning-rate schedule.
+//! exact `--resume` needs them), the warm-up + cosine learning-rate schedule, and the optional
+//! moving average of the weights (`ood train --ema`).
 
 use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
@@ -128,6 +129,83 @@ impl AdamW {
     }
 }
 
+/// An exponential moving average of every variable of a model: its weights and its BatchNorm
+/// running statistics, as timm's `ModelEmaV2` keeps them. The averages live in a second
+/// `VarMap`, so a second net built on it evaluates the averaged model.
+pub struct WeightAverage {
+    /// `(name, live variable, its average)`, in name order.
+    pairs: Vec<(String, Var, Var)>,
+    decay: f64,
+}
+
+/// The prefix of the live weights in the training state of a checkpoint whose model weights
+/// are the averages: `--resume` needs both.
+const LIVE_PREFIX: &str = "live.";
+
+impl WeightAverage {
+    /// Starts every average at the live variable's value. The two maps must hold the same
+    /// names and shapes (two builds of one model configuration).
+    pub fn new(live: &VarMap, average: &VarMap, decay: f64) -> Result<Self> {
+        let live = live
+            .data()
+            .lock()
+            .expect("the var map lock is never poisoned");
+        let average = average
+            .data()
+            .lock()
+            .expect("the var map lock is never poisoned");
+        let mut pairs = Vec::with_capacity(live.len());
+        for (name, var) in live.iter() {
+            let avg = average.get(name).ok_or_else(|| {
+                candle_core::Error::Msg(format!("the averaged model has no variable {name}"))
+            })?;
+            avg.set(var.as_tensor())?;
+            pairs.push((name.clone(), var.clone(), avg.clone()));
+        }
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self { pairs, decay })
+    }
+
+    /// The decay after `step` optimizer steps: `min(decay, (1 + step) / (10 + step))`, so that
+    /// the first steps, far from where training ends, do not linger in the average.
+    pub fn decay_at(&self, step: u64) -> f64 {
+        self.decay.min((1.0 + step as f64) / (10.0 + step as f64))
+    }
+
+    /// Folds the live values into the averages after optimizer step `step` (1 for the first).
+    pub fn update(&self, step: u64) -> Result<()> {
+        let d = self.decay_at(step);
+        for (_, live, avg) in &self.pairs {
+            let next = ((avg.as_tensor() * d)? + (live.as_tensor() * (1.0 - d))?)?;
+            avg.set(&next)?;
+        }
+        Ok(())
+    }
+
+    /// Copies of the live values as named tensors (`live.<var>`), for the checkpoint's
+    /// training state. Copies, because a variable's tensor shares its storage, which the
+    /// next step overwrites in place.
+    pub fn live_state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.pairs
+            .iter()
+            .map(|(name, live, _)| Ok((format!("{LIVE_PREFIX}{name}"), live.as_tensor().copy()?)))
+            .collect()
+    }
+
+    /// Restores the live values saved by [`WeightAverage::live_state`] (the averages come
+    /// from the checkpoint's model weights).
+    pub fn load_live_state(&self, state: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, live, _) in &self.pairs {
+            let key = format!("{LIVE_PREFIX}{name}");
+            let t = state
+                .get(&key)
+                .ok_or_else(|| candle_core::Error::Msg(format!("training state {key} missing")))?;
+            live.set(&t.to_device(live.device())?.reshape(live.shape())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Linear warm-up to the peak rate, then cosine decay to `final_ratio` of it.
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
@@ -201,5 +279,48 @@ mod tests {
         again.load_state(&state, opt.step).unwrap();
         assert_eq!(again.step, 300);
         assert!(again.load_state(&HashMap::new(), 0).is_err());
+    }
+
+    fn one_var_map(value: f32) -> (VarMap, Var) {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        vb.get_with_hints(2, "w", Init::Const(value as f64))
+            .unwrap();
+        let var = vm.data().lock().unwrap()["w"].clone();
+        (vm, var)
+    }
+
+    fn values(var: &Var) -> Vec<f32> {
+        var.as_tensor().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn the_weight_average_follows_its_formula_and_round_trips() {
+        let (live_map, live) = one_var_map(1.0);
+        let (avg_map, avg) = one_var_map(-5.0);
+        let ema = WeightAverage::new(&live_map, &avg_map, 0.9).unwrap();
+        // Starts at the live value, not at its own initialisation.
+        assert_eq!(values(&avg), [1.0, 1.0]);
+        // Step 1: decay min(0.9, 2/11); step 100: 0.9.
+        assert!((ema.decay_at(1) - 2.0 / 11.0).abs() < 1e-12);
+        assert_eq!(ema.decay_at(100), 0.9);
+        live.set(&Tensor::new(&[3f32, 1.0], &Device::Cpu).unwrap())
+            .unwrap();
+        ema.update(1).unwrap();
+        let d = 2.0 / 11.0;
+        let want = (d + 3.0 * (1.0 - d)) as f32;
+        assert!((values(&avg)[0] - want).abs() < 1e-6, "{:?}", values(&avg));
+        assert_eq!(values(&avg)[1], 1.0);
+        ema.update(100).unwrap();
+        let want = 0.9 * want + 0.1 * 3.0;
+        assert!((values(&avg)[0] - want).abs() < 1e-6);
+        // The live values come back from the state; the average is left alone.
+        let state: HashMap<_, _> = ema.live_state().unwrap().into_iter().collect();
+        live.set(&Tensor::new(&[0f32, 0.0], &Device::Cpu).unwrap())
+            .unwrap();
+        ema.load_live_state(&state).unwrap();
+        assert_eq!(values(&live), [3.0, 1.0]);
+        assert!((values(&avg)[0] - want).abs() < 1e-6);
+        assert!(ema.load_live_state(&HashMap::new()).is_err());
     }
 }

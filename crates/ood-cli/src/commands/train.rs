@@ -71,6 +71,14 @@ pub struct TrainArgs {
     /// Warp each training image a little (rotation ±10°, scale 0.9-1.1, shift ±2 px).
     #[arg(long)]
     pub augment: bool,
+    /// Save an exponential moving average of the weights (decay per step, e.g. 0.999) as the
+    /// model, instead of the weights of the last step.
+    #[arg(long, value_name = "DECAY")]
+    pub ema: Option<f64>,
+    /// Outlier exposure: train against scribbles too, pushing their energy above a margin
+    /// (32 a batch, weight 0.1, margins -7 for digits and -3 for scribbles).
+    #[arg(long)]
+    pub outlier_exposure: bool,
     /// Std of the Gaussian noise for the denoiser.
     #[arg(long)]
     pub noise_sigma: Option<f32>,
@@ -102,6 +110,16 @@ impl TrainArgs {
         c.limit = self.limit;
         c.train_decoder = !self.no_decoder;
         c.augment = self.augment.then(ood_data::augment::AugmentConfig::default);
+        c.outlier_exposure = self
+            .outlier_exposure
+            .then(ood_train::train::OutlierExposure::default);
+        if let Some(decay) = self.ema {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&decay),
+                "--ema {decay}: the decay must be in [0, 1), e.g. 0.999"
+            );
+            c.ema_decay = Some(decay);
+        }
         macro_rules! set {
             ($($field:expr => $flag:expr),* $(,)?) => { $(if let Some(v) = $flag { $field = v; })* };
         }
