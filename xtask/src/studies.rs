@@ -221,7 +221,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// The ablations: k in {0, 1, 5}, the std loss off / intended / literal, the decoder off.
 pub fn ablate(args: &[String]) -> Result<()> {
     let study = StudyArgs::parse(args, "runs/ablate")?;
-    let variants: [(&str, &str, &[&str]); 8] = [
+    let variants: [(&str, &str, &[&str]); 10] = [
         ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
         ("k1", "k = 1, std intended (the default)", &[]),
         ("k5", "k = 5", &["--k", "5"]),
@@ -245,6 +245,16 @@ pub fn ablate(args: &[String]) -> Result<()> {
             "ensemble",
             "ensemble of 3 (seeds s, s+1, s+2)",
             &["--ensemble", "3"],
+        ),
+        (
+            "ema",
+            "moving average of the weights (decay 0.999)",
+            &["--ema", "0.999"],
+        ),
+        (
+            "outlier-exposure",
+            "outlier exposure (scribbles, energy margin)",
+            &["--outlier-exposure"],
         ),
     ];
     if let Some(unknown) = study
