@@ -3,7 +3,7 @@
 use crate::config::ModelConfig;
 use crate::ops::batchnorm::{batch_norm, BatchNorm};
 use crate::ops::conv::{Conv2d, ConvTranspose2d};
-use candle_core::{Module, ModuleT, Result, Tensor, Var};
+use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
 fn bn(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
@@ -208,17 +208,6 @@ impl OodNet {
     /// The trunk's feature map `(N, 4W, 7, 7)`.
     pub fn features(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         images.apply_t(&self.trunk, train)
-    }
-
-    /// The trunk's feature map with BatchNorm normalising by its running statistics, which it
-    /// leaves unchanged, and every weight differentiable: for training inputs that must not
-    /// move the statistics of real digits (outlier exposure's negatives).
-    pub fn features_with_running_stats(&self, images: &Tensor) -> Result<Tensor> {
-        // Evaluation folds BatchNorm into the convolutions for inputs that ask for no
-        // gradient, and the folded weights have none (`conv_bn`). A tracked input keeps every
-        // layer separate and differentiable.
-        let tracked = Var::from_tensor(images)?;
-        self.features(tracked.as_tensor(), false)
     }
 
     /// The trunk's feature map at the end of each stage (see [`Trunk::stage_outputs`]); the
