@@ -23,7 +23,8 @@ tasks:
   ablate [ARGS]     the ablations (k, std loss, decoder, and the classifier levers) into
                     runs/ablate (ARGS go to every `ood train`, e.g. --epochs 2 --seed 1;
                     --root DIR moves the study; --variants k0,k1 runs only those: k0 k1 k5
-                    std-off std-literal no-decoder augment ensemble ema outlier-exposure)
+                    std-off std-literal no-decoder augment ensemble epochs8 ema
+                    outlier-exposure)
   sweep [ARGS]      ten models, each with one digit unknown, into runs/sweep (resumable)
   seeds [ARGS]      the default settings with --seeds 0,1,2 (default) into runs/seeds: the
                     headline numbers per seed with mean and spread (resumable)

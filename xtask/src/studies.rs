@@ -92,16 +92,32 @@ fn ensemble_size(flags: &[String]) -> Result<Option<usize>> {
     Ok(Some(n.parse().with_context(|| format!("--ensemble {n}"))?))
 }
 
+/// `base` followed by `overrides`, without the `--flag value` pairs of `base` whose flag
+/// `overrides` sets again: a variant's `--epochs 8` wins over the study's `--epochs 2`
+/// (`ood train` would refuse the flag twice).
+fn override_flags(base: &[String], overrides: &[String]) -> Vec<String> {
+    let set_again = |flag: &str| overrides.iter().any(|o| o == flag);
+    let mut out = Vec::with_capacity(base.len() + overrides.len());
+    let mut i = 0;
+    while i < base.len() {
+        let flag = &base[i];
+        let takes_value = base.get(i + 1).is_some_and(|v| !v.starts_with("--"));
+        if flag.starts_with("--") && set_again(flag) {
+            i += if takes_value { 2 } else { 1 };
+            continue;
+        }
+        out.push(flag.clone());
+        i += 1;
+    }
+    out.extend(overrides.iter().cloned());
+    out
+}
+
 /// Trains (or resumes), calibrates and evaluates one model (a checkpoint, or with
 /// `--ensemble N` among the flags an ensemble folder); returns evaluate's metrics.json.
 fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool) -> Result<Value> {
     let d = dir.display().to_string();
-    let flags: Vec<String> = study
-        .train_flags
-        .iter()
-        .chain(extra_train)
-        .cloned()
-        .collect();
+    let flags = override_flags(&study.train_flags, extra_train);
     let ensemble = ensemble_size(&flags)?;
     let ckpt = match ensemble {
         Some(_) => d.clone(),
@@ -223,7 +239,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// are those of the calibrated rule (the default: 99% of held-out digits accepted).
 pub fn ablate(args: &[String]) -> Result<()> {
     let study = StudyArgs::parse(args, "runs/ablate")?;
-    let variants: [(&str, &str, &[&str]); 10] = [
+    let variants: [(&str, &str, &[&str]); 11] = [
         ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
         ("k1", "k = 1, std intended (the default)", &[]),
         ("k5", "k = 5", &["--k", "5"]),
@@ -247,6 +263,11 @@ pub fn ablate(args: &[String]) -> Result<()> {
             "ensemble",
             "ensemble of 3 (seeds s, s+1, s+2)",
             &["--ensemble", "3"],
+        ),
+        (
+            "epochs8",
+            "twice the epochs (8; the schedule's cosine stretched to them)",
+            &["--epochs", "8"],
         ),
         (
             "ema",
@@ -540,4 +561,28 @@ pub fn seeds(args: &[String]) -> Result<()> {
     )?;
     println!("{md}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::override_flags;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_variant_flag_replaces_the_study_flag_and_its_value() {
+        let base = strings(&["--epochs", "2", "--augment", "--seed", "1"]);
+        assert_eq!(
+            override_flags(&base, &strings(&["--epochs", "8"])),
+            strings(&["--augment", "--seed", "1", "--epochs", "8"])
+        );
+        // A switch without a value, set again, is dropped once; other flags stay.
+        assert_eq!(
+            override_flags(&base, &strings(&["--augment"])),
+            strings(&["--epochs", "2", "--seed", "1", "--augment"])
+        );
+        assert_eq!(override_flags(&base, &[]), base);
+    }
 }
