@@ -70,7 +70,7 @@ fn train_calibrate_evaluate_writes_every_file() {
         "{accept}"
     );
     assert!(accept["threshold"].as_f64().unwrap().is_finite());
-    assert_eq!(accept["score"]["members"].as_array().unwrap().len(), 2);
+    assert_eq!(accept["score"]["members"].as_array().unwrap().len(), 3);
 
     let report = dir.path().join("report");
     run(&[
@@ -108,17 +108,19 @@ fn train_calibrate_evaluate_writes_every_file() {
     assert_eq!(total, 600);
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("zero accuracy") && md.contains("AUROC"));
-    assert!(md.contains("Operating points") && md.contains("MinP[Energy(T=1)+Mahalanobis]"));
+    assert!(
+        md.contains("Operating points") && md.contains("MinP[Energy(T=1)+Mahalanobis+KNN(k=50)]")
+    );
     assert!(
         e["decision"].as_str().unwrap().starts_with("OOD when MinP"),
         "{}",
         e["decision"]
     );
-    // MSP, the two members and the default score, at every acceptance of the curve.
+    // MSP, the three members and the default score, at every acceptance of the curve.
     let points = e["operating_points"].as_array().unwrap();
     assert_eq!(
         points.len(),
-        4 * ood_eval::evaluation::TRADE_OFF_ACCEPTANCES.len()
+        5 * ood_eval::evaluation::TRADE_OFF_ACCEPTANCES.len()
     );
     for p in points {
         for field in ["known_accepted", "known_accepted_right", "unknown_caught"] {

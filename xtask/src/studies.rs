@@ -377,14 +377,17 @@ pub fn sweep(args: &[String]) -> Result<()> {
                 .unwrap_or(Value::Null)
         };
         let (msp, energy, fused) = (auroc_of("MSP"), auroc_of("Energy"), auroc_of("Fused"));
-        // The default score: "MinP[Energy(T=1)+Mahalanobis]".
+        // The default score: named by the benchmark, else (older results) its first min-p row.
+        let default_name = b["default_score"].as_str().unwrap_or_default();
         let default_score = near_rows
             .iter()
             .find(|r| {
-                r["detector"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .starts_with("MinP[")
+                let name = r["detector"].as_str().unwrap_or_default();
+                if default_name.is_empty() {
+                    name.starts_with("MinP[")
+                } else {
+                    name == default_name
+                }
             })
             .map(|r| r["auroc"].clone())
             .unwrap_or(Value::Null);

@@ -1,7 +1,7 @@
 //! The OOD benchmark: every detector, measured the same way, on near, far and synthetic OOD
 //! sets against the known test digits.
 
-use crate::calibration::{synthesize_ood, Calibration};
+use crate::calibration::{synthesize_ood, AcceptScore, Calibration, KNN_BANK};
 use crate::odin::{perturbed_logits, OdinConfig};
 use crate::scoring::{score_images, FeatureDepth, ScoredSet};
 use crate::{EvalError, Result};
@@ -117,6 +117,10 @@ pub struct BenchResult {
     pub ood_sets: Vec<(String, usize)>,
     pub detectors: Vec<String>,
     pub rows: Vec<BenchRow>,
+    /// The name of the default score among `detectors` (empty in results written before
+    /// this field existed).
+    #[serde(default)]
+    pub default_score: String,
     pub config: BenchConfig,
     pub seconds: f64,
 }
@@ -207,23 +211,18 @@ pub fn bench_ood(
     fused.fit(&fit_samples, &fit_labels)?;
     fused.fit_fused(&calib_id.samples(FEATURES)?, &calib_ood.samples(FEATURES)?)?;
     detectors.push(Box::new(fused));
-    // The default score and its alternatives: fitted on training images, referenced to the
-    // held-out digits.
+    // The default score first, then its alternatives: fitted on training images, referenced
+    // to the held-out digits.
     let held_out = calib_id.samples(FEATURES)?;
+    let default_score = AcceptScore::default().combination();
+    let default_name = default_score.name();
     for mut combination in [
-        PValueCombination::energy_mahalanobis(),
+        default_score,
+        AcceptScore::EnergyMahalanobis.combination(),
         PValueCombination::new(
             vec![
                 Member::Energy(Energy::default()),
-                Member::Knn(Knn::new(config.knn_k)),
-            ],
-            Combine::MinP,
-        ),
-        PValueCombination::new(
-            vec![
-                Member::Energy(Energy::default()),
-                Member::Mahalanobis(Mahalanobis::new()),
-                Member::Knn(Knn::new(config.knn_k)),
+                Member::Knn(Knn::new(config.knn_k).with_max_bank(KNN_BANK, 0)),
             ],
             Combine::MinP,
         ),
@@ -290,6 +289,7 @@ pub fn bench_ood(
             .collect(),
         detectors: names,
         rows,
+        default_score: default_name,
         config: config.clone(),
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -1,9 +1,9 @@
 //! The calibration stage. Two rules come out of it, and the calibration says which one
 //! `predict` and `evaluate` apply ([`Decision`]):
 //!
-//! * the **acceptance rule** (the default): one score, the min-p combination of energy and
-//!   Mahalanobis p-values against the held-out digits, fitted on training images and held-out
-//!   digits only, with its threshold set so that a chosen fraction of held-out digits (by
+//! * the **acceptance rule** (the default): one score, the min-p combination of energy,
+//!   Mahalanobis and KNN p-values against the held-out digits ([`AcceptScore`]), fitted on
+//!   training images and held-out digits only, with its threshold set so that a chosen fraction of held-out digits (by
 //!   default 99%) is accepted. Synthetic OOD only validates it;
 //! * the **report's rule** (section 3.4): a max-softmax threshold chosen on held-out digits and
 //!   synthetic OOD that the decoder makes from rotated or heavily occluded digits, plus a
@@ -46,6 +46,70 @@ pub enum Decision {
     Accept,
 }
 
+/// Neighbours the default score's KNN member counts (Sun et al. 2022, and `bench-ood`'s KNN).
+pub const KNN_K: usize = 50;
+/// Training rows the default score's KNN member keeps (every other one of the 20,000 it is
+/// fitted on by default): what the leave-one-digit-out sweep measured it with, and 6 MB of
+/// calibration.
+pub const KNN_BANK: usize = 10_000;
+
+/// The score the acceptance rule thresholds (`ood calibrate --score`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AcceptScore {
+    /// Min-p of energy, Mahalanobis and KNN: the default.
+    #[default]
+    #[serde(rename = "energy+mahalanobis+knn")]
+    EnergyMahalanobisKnn,
+    /// Min-p of energy and Mahalanobis: the default until KNN joined it (the score of
+    /// calibrations that do not name one).
+    #[serde(rename = "energy+mahalanobis")]
+    EnergyMahalanobis,
+}
+
+impl AcceptScore {
+    /// Every choice, by its name on the command line.
+    pub const ALL: [AcceptScore; 2] = [
+        AcceptScore::EnergyMahalanobisKnn,
+        AcceptScore::EnergyMahalanobis,
+    ];
+
+    /// The name `--score` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            AcceptScore::EnergyMahalanobisKnn => "energy+mahalanobis+knn",
+            AcceptScore::EnergyMahalanobis => "energy+mahalanobis",
+        }
+    }
+
+    /// The score, unfitted.
+    pub fn combination(self) -> PValueCombination {
+        match self {
+            AcceptScore::EnergyMahalanobisKnn => {
+                PValueCombination::energy_mahalanobis_knn(KNN_K, KNN_BANK)
+            }
+            AcceptScore::EnergyMahalanobis => PValueCombination::energy_mahalanobis(),
+        }
+    }
+}
+
+impl std::str::FromStr for AcceptScore {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|a| a.name()).collect();
+                format!("unknown score {s:?}: use {}", names.join(" or "))
+            })
+    }
+}
+
+fn legacy_score() -> AcceptScore {
+    AcceptScore::EnergyMahalanobis
+}
+
 /// How to calibrate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationConfig {
@@ -62,9 +126,12 @@ pub struct CalibrationConfig {
     /// Fraction of held-out digits the acceptance rule accepts.
     #[serde(default = "default_accept")]
     pub accept: f64,
-    /// Training images the feature detector (Mahalanobis) is fitted on.
+    /// Training images the feature detectors (Mahalanobis, KNN's bank) are fitted on.
     #[serde(default = "default_fit_limit")]
     pub fit_limit: usize,
+    /// The acceptance rule's score.
+    #[serde(default = "legacy_score")]
+    pub score: AcceptScore,
 }
 
 fn default_accept() -> f64 {
@@ -85,6 +152,7 @@ impl Default for CalibrationConfig {
             decision: Decision::Accept,
             accept: default_accept(),
             fit_limit: default_fit_limit(),
+            score: AcceptScore::default(),
         }
     }
 }
@@ -139,9 +207,10 @@ pub struct AcceptRule {
 }
 
 impl AcceptRule {
-    /// Fits the default score on `fit` (training images and their class indices), references
-    /// it to the held-out digits and sets its threshold on them alone.
+    /// Fits `score` on `fit` (training images and their class indices), references it to the
+    /// held-out digits and sets its threshold on them alone.
     pub fn fit(
+        score: AcceptScore,
         fit: &ScoredSet,
         fit_labels: &[usize],
         held_out: &ScoredSet,
@@ -149,7 +218,7 @@ impl AcceptRule {
         accept: f64,
     ) -> Result<Self> {
         let features = FeatureDepth::AllStages;
-        let mut score = PValueCombination::energy_mahalanobis();
+        let mut score = score.combination();
         score.fit(&fit.samples(features)?, fit_labels)?;
         score.fit_reference(&held_out.samples(features)?)?;
         let id = score.score(&held_out.samples(features)?)?;
@@ -415,7 +484,14 @@ pub fn calibrate(
         config.batch_size,
         device,
     )?;
-    let accept_rule = AcceptRule::fit(&fit_set, &fit_labels, &id, &ood, config.accept)?;
+    let accept_rule = AcceptRule::fit(
+        config.score,
+        &fit_set,
+        &fit_labels,
+        &id,
+        &ood,
+        config.accept,
+    )?;
     let use_recon = config.use_reconstruction && train.train_decoder;
     let rule = CombinedRule::calibrate(
         &id.msp,

@@ -28,9 +28,14 @@ pub struct CalibrateArgs {
     /// Fraction of held-out digits the acceptance rule accepts.
     #[arg(long, default_value_t = 0.99)]
     pub accept: f64,
-    /// Training images the default score's feature detector (Mahalanobis) is fitted on.
+    /// Training images the default score's feature detectors (Mahalanobis, and the KNN bank:
+    /// every other one of them, at most 10,000) are fitted on.
     #[arg(long, default_value_t = 20_000)]
     pub fit_limit: usize,
+    /// The acceptance rule's score: `energy+mahalanobis+knn` (min-p of the three: catches the
+    /// most unknown digits over the leave-one-digit-out sweep), or `energy+mahalanobis`.
+    #[arg(long, default_value = "energy+mahalanobis+knn")]
+    pub score: ood_eval::AcceptScore,
     /// Fraction of held-out digits the reconstruction test alone must accept.
     #[arg(long, default_value_t = 0.99)]
     pub recon_acceptance: f64,
@@ -97,6 +102,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         decision,
         accept: args.accept,
         fit_limit: args.fit_limit,
+        score: args.score,
         ..Default::default()
     };
     let (calibration, set) = ood_eval::calibrate(
