@@ -593,3 +593,34 @@ pub fn parse_calibration(
     }
     Ok(calibration)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_score_is_named_alike_on_the_command_line_and_in_files() {
+        for score in AcceptScore::ALL {
+            assert_eq!(score.name().parse::<AcceptScore>(), Ok(score));
+            assert_eq!(
+                serde_json::to_value(score).unwrap(),
+                serde_json::json!(score.name())
+            );
+        }
+        let err = "energy".parse::<AcceptScore>().unwrap_err();
+        assert!(err.contains("energy+mahalanobis+knn"), "{err}");
+        assert_eq!(
+            AcceptScore::default().combination().name(),
+            format!("MinP[Energy(T=1)+Mahalanobis+KNN(k={KNN_K})]")
+        );
+    }
+
+    #[test]
+    fn a_configuration_that_names_no_score_had_the_earlier_default() {
+        let mut config = serde_json::to_value(CalibrationConfig::default()).unwrap();
+        assert_eq!(config["score"], "energy+mahalanobis+knn");
+        config.as_object_mut().unwrap().remove("score");
+        let old: CalibrationConfig = serde_json::from_value(config).unwrap();
+        assert_eq!(old.score, AcceptScore::EnergyMahalanobis);
+    }
+}

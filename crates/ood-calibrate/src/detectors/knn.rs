@@ -360,7 +360,7 @@ mod packed_f32 {
 
     pub fn decode(text: &str) -> Result<Vec<f32>, String> {
         let text = text.as_bytes();
-        if text.len() % 4 != 0 {
+        if !text.len().is_multiple_of(4) {
             return Err(format!(
                 "{} base64 characters, not a multiple of 4",
                 text.len()
@@ -384,7 +384,7 @@ mod packed_f32 {
             n <<= 6 * pad as u32;
             bytes.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
         }
-        if bytes.len() % 4 != 0 {
+        if !bytes.len().is_multiple_of(4) {
             return Err(format!("{} bytes, not whole f32 values", bytes.len()));
         }
         Ok(bytes

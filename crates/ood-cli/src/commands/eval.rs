@@ -128,7 +128,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
     println!("rule in force: {}", calibration.describe());
     if let Some(a) = &calibration.accept_rule {
         println!(
-            "acceptance rule: {} (Mahalanobis fitted on {} training images); flags {:.2}% of the synthetic OOD (AUROC {:.4}), which it was not fitted on",
+            "acceptance rule: {} (feature detectors fitted on {} training images); flags {:.2}% of the synthetic OOD (AUROC {:.4}), which it was not fitted on",
             a.score.name(),
             a.n_fit,
             100.0 * a.synthetic_flagged,
