@@ -240,3 +240,45 @@ fn train_calibrate_evaluate_writes_every_file() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("another checkpoint"), "{err:#}");
 }
+
+#[test]
+fn too_few_training_images_for_knn_is_a_clear_error_with_a_way_out() {
+    let Some((root, dir)) = setup() else {
+        return;
+    };
+    let run_dir = dir.path().join("few");
+    run(&[
+        "train",
+        "--data-dir",
+        root.as_str(),
+        "--preset",
+        "tiny",
+        "--limit",
+        "40",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        run_dir.to_str().unwrap(),
+    ]);
+    let ckpt = run_dir.join("checkpoint.safetensors");
+    let ckpt = ckpt.to_str().unwrap();
+    let err = ood(&["calibrate", ckpt, "--data-dir", root.as_str()]).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("at least 50 training images") && msg.contains("has 40"),
+        "{msg}"
+    );
+    assert!(!run_dir.join("calibration.json").exists());
+    // The way out it names works.
+    run(&[
+        "calibrate",
+        ckpt,
+        "--data-dir",
+        root.as_str(),
+        "--score",
+        "energy+mahalanobis",
+    ]);
+    assert!(run_dir.join("calibration.json").exists());
+}

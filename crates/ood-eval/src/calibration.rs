@@ -3,8 +3,8 @@
 //!
 //! * the **acceptance rule** (the default): one score, the min-p combination of energy,
 //!   Mahalanobis and KNN p-values against the held-out digits ([`AcceptScore`]), fitted on
-//!   training images and held-out digits only, with its threshold set so that a chosen fraction of held-out digits (by
-//!   default 99%) is accepted. Synthetic OOD only validates it;
+//!   training images and held-out digits only, with its threshold set so that a chosen
+//!   fraction of held-out digits (by default 99%) is accepted. Synthetic OOD only validates it;
 //! * the **report's rule** (section 3.4): a max-softmax threshold chosen on held-out digits and
 //!   synthetic OOD that the decoder makes from rotated or heavily occluded digits, plus a
 //!   reconstruction-error limit.
@@ -199,7 +199,7 @@ pub struct AcceptRule {
     pub synthetic_flagged: f64,
     /// AUROC of the score on the calibration set (held-out digits against synthetic OOD).
     pub synthetic_auroc: f64,
-    /// Training images the score's feature detector was fitted on.
+    /// Training images the score's feature detectors were fitted on.
     pub n_fit: usize,
     /// The features its feature detector reads.
     #[serde(default)]
@@ -217,6 +217,15 @@ impl AcceptRule {
         synthetic: &ScoredSet,
         accept: f64,
     ) -> Result<Self> {
+        if score == AcceptScore::EnergyMahalanobisKnn && fit.len() < KNN_K {
+            return Err(EvalError::Calibration(format!(
+                "the score {} needs at least {KNN_K} training images for its KNN member, and the \
+                 model's training set has {}: train on more images, or calibrate with --score {}",
+                score.name(),
+                fit.len(),
+                AcceptScore::EnergyMahalanobis.name()
+            )));
+        }
         let features = FeatureDepth::AllStages;
         let mut score = score.combination();
         score.fit(&fit.samples(features)?, fit_labels)?;
