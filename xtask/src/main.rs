@@ -192,13 +192,15 @@ fn main() -> Result<()> {
     }
 }
 
+/// Owned arguments from literals, for the tests of every module.
+#[cfg(test)]
+pub(crate) fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::device_feature;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
+    use super::{args, device_feature};
 
     #[test]
     fn a_device_argument_selects_its_feature() {

@@ -558,10 +558,7 @@ pub fn seeds(args: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::override_flags;
-
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::args as strings;
 
     #[test]
     fn a_variant_flag_replaces_the_study_flag_and_its_value() {

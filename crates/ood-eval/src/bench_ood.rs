@@ -347,7 +347,12 @@ pub fn markdown(result: &BenchResult) -> String {
                         .map_or("-".into(), |r| get(&r.metrics))
                 })
                 .collect();
-            let _ = writeln!(s, "| {d} | {} |", cells.join(" | "));
+            let mark = if *d == result.default_score {
+                " (the default)"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "| {d}{mark} | {} |", cells.join(" | "));
         }
         s.push('\n');
     }

@@ -335,17 +335,14 @@ pub fn train(
                 Some(oe) => {
                     let mut rng = stream_rng(config.seed, NEGATIVE_STREAM, step_index);
                     let pixels = scribbles(oe.negatives, side, &mut rng);
-                    Some(Tensor::from_vec(
-                        pixels,
-                        (oe.negatives, 1, side, side),
-                        device,
-                    )?)
+                    let images = Tensor::from_vec(pixels, (oe.negatives, 1, side, side), device)?;
+                    Some((oe, images))
                 }
                 None => None,
             };
             let mut parts = vec![&batch.images];
             parts.extend(noised.as_ref());
-            parts.extend(negatives.as_ref());
+            parts.extend(negatives.as_ref().map(|(_, images)| images));
             let features = match parts.as_slice() {
                 [only] => net.features(only, true)?,
                 _ => net.features(&Tensor::cat(&parts, 0)?, true)?,
@@ -361,19 +358,17 @@ pub fn train(
                 recon.as_ref().map(|r| (r, &batch.images)),
                 &config.loss,
             )?;
-            let (loss, exposure) = match (&config.outlier_exposure, &negatives) {
-                (Some(oe), Some(negatives)) => {
-                    let first = features.dim(0)? - negatives.dim(0)?;
-                    let negative_logits = net.classify(&OodNet::pool(&features.narrow(
-                        0,
-                        first,
-                        negatives.dim(0)?,
-                    )?)?)?;
+            let (loss, exposure) = match negatives {
+                Some((oe, _)) => {
+                    // The scribbles are the last rows of the pass.
+                    let first = features.dim(0)? - oe.negatives;
+                    let negative_logits =
+                        net.classify(&OodNet::pool(&features.narrow(0, first, oe.negatives)?)?)?;
                     let margin = energy_margin(&logits, &negative_logits, oe.margins)?;
                     let value = margin.to_scalar::<f32>()? as f64;
                     ((&terms.total + (margin * oe.weight)?)?, value)
                 }
-                _ => (terms.total.clone(), 0.0),
+                None => (terms.total.clone(), 0.0),
             };
             let total = loss.to_scalar::<f32>()?;
             if !total.is_finite() {
