@@ -380,7 +380,6 @@ mod tests {
 
     #[test]
     fn the_combination_round_trips_through_json() {
-        let mut c = PValueCombination::energy_mahalanobis();
         let features = [
             0.0f32, 1.0, 1.0, 0.0, 0.1, 0.9, 0.9, 0.1, 0.2, 1.1, 1.2, -0.1,
         ];
@@ -388,18 +387,22 @@ mod tests {
             2.0f32, 0.0, 0.0, 2.0, 3.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 4.0,
         ];
         let all = Samples::new(&logits, &features, &[], 2, 2).unwrap();
-        c.fit(&all, &[0, 1, 0, 1, 0, 1]).unwrap();
-        c.fit_reference(&all).unwrap();
-        let back: PValueCombination =
-            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
-        assert_eq!(back.score(&all).unwrap(), c.score(&all).unwrap());
-        assert_eq!(back.name(), "MinP[Energy(T=1)+Mahalanobis]");
-        let mut c = PValueCombination::energy_mahalanobis_knn(2, 4);
-        c.fit(&all, &[0, 1, 0, 1, 0, 1]).unwrap();
-        c.fit_reference(&all).unwrap();
-        let back: PValueCombination =
-            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
-        assert_eq!(back.score(&all).unwrap(), c.score(&all).unwrap());
-        assert_eq!(back.name(), "MinP[Energy(T=1)+Mahalanobis+KNN(k=2)]");
+        for (mut c, name) in [
+            (
+                PValueCombination::energy_mahalanobis(),
+                "MinP[Energy(T=1)+Mahalanobis]",
+            ),
+            (
+                PValueCombination::energy_mahalanobis_knn(2, 4),
+                "MinP[Energy(T=1)+Mahalanobis+KNN(k=2)]",
+            ),
+        ] {
+            c.fit(&all, &[0, 1, 0, 1, 0, 1]).unwrap();
+            c.fit_reference(&all).unwrap();
+            let back: PValueCombination =
+                serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+            assert_eq!(back.score(&all).unwrap(), c.score(&all).unwrap());
+            assert_eq!(back.name(), name);
+        }
     }
 }
