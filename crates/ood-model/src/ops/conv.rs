@@ -1085,25 +1085,30 @@ mod tests {
         }
     }
 
-    /// The direct kernels' tiles at the model's own sizes (16 to 64 channels; 28, 14 and 7 px).
+    /// The direct kernels' tiles at the model's own sizes (16 to 64 channels; 28, 14 and 7 px),
+    /// and lines long enough (33 to 67 px) for the stride-2 layouts to work in several pieces.
     fn model_shapes() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        for (n, cin, cout, size) in [
-            (3, 1, 16, 28),
-            (2, 16, 16, 28),
-            (3, 32, 32, 14),
-            (2, 64, 64, 7),
-            (2, 16, 1, 28),
-            (17, 8, 4, 7),
+        for (n, cin, cout, size, stride) in [
+            (3, 1, 16, 28, 1),
+            (2, 16, 16, 28, 1),
+            (3, 32, 32, 14, 1),
+            (2, 64, 64, 7, 1),
+            (2, 16, 1, 28, 1),
+            (17, 8, 4, 7, 1),
+            (2, 16, 32, 28, 2),
+            (2, 32, 64, 14, 2),
+            (1, 3, 5, 67, 2),
+            (2, 2, 3, 33, 2),
         ] {
             let x = random(&[n, cin, size, size], &mut rng);
             let w = random(&[cout, cin, 3, 3], &mut rng);
             compare(
                 &x,
                 &w,
-                |x, w| x.apply_op2(w, ConvForward { stride: 1, pad: 1 }),
-                |x, w| x.conv2d(w, 1, 1, 1, 1),
-                &format!("n{n} cin{cin} cout{cout} {size}px"),
+                |x, w| x.apply_op2(w, ConvForward { stride, pad: 1 }),
+                |x, w| x.conv2d(w, 1, stride, 1, 1),
+                &format!("n{n} cin{cin} cout{cout} {size}px s{stride}"),
                 &mut rng,
             );
         }

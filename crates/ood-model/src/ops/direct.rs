@@ -112,6 +112,44 @@ unsafe fn split_row(even: *mut f32, odd: *mut f32, src: &[f32]) {
     }
 }
 
+/// `dst[2j + parity] = src[j]` for every `j` of `src`, the other values of `dst` untouched: one
+/// column phase of a stride-2 input gradient put back in its line, 16 values at a time (the
+/// inverse of [`split_row`]).
+///
+/// # Safety
+/// `src` holds the `(dst.len() - parity).div_ceil(2)` values of the phase; the CPU has AVX-512
+/// (on x86-64).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+#[inline]
+unsafe fn interleave_row(dst: &mut [MaybeUninit<f32>], parity: usize, src: &[f32]) {
+    let w = dst.len();
+    assert!(parity < 2 && src.len() == w.saturating_sub(parity).div_ceil(2));
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mask = |k: usize| -> __mmask16 { ((1u32 << k.min(V)) - 1) as u16 };
+        // Lanes of this parity, each taking the source value of its pair.
+        let lanes: __mmask16 = if parity == 0 { 0x5555 } else { 0xAAAA };
+        let low = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        let high = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+        let d = dst.as_mut_ptr().cast::<f32>();
+        let mut j = 0;
+        while j < src.len() {
+            let v = _mm512_maskz_loadu_ps(mask(src.len() - j), src.as_ptr().add(j));
+            let at = 2 * j;
+            _mm512_mask_storeu_ps(d.add(at), lanes & mask(w - at), _mm512_permutexvar_ps(low, v));
+            if w > at + V {
+                let high_lanes = lanes & mask(w - at - V);
+                _mm512_mask_storeu_ps(d.add(at + V), high_lanes, _mm512_permutexvar_ps(high, v));
+            }
+            j += V;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (j, &v) in src.iter().enumerate() {
+        dst[2 * j + parity].write(v);
+    }
+}
+
 /// `dst = src + shift`, then `max(0, .)` when `relu`: [`copy_row`] with a convolution's bias
 /// (and the BatchNorm folded into it) applied on the way.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
@@ -213,8 +251,13 @@ impl Planes {
     /// Where input `(y, x)` of a channel lands.
     fn at(&self, y: usize, x: usize) -> usize {
         let (py, px) = (y + self.pad, x + self.pad);
-        let s = self.stride;
-        ((py % s) * s + px % s) * self.plane + (py / s) * self.row + px / s
+        // The strides spelled out: divisions by a stride unknown at compile time cost more than
+        // the copy of a short line.
+        match self.stride {
+            1 => py * self.row + px,
+            2 => ((py % 2) * 2 + px % 2) * self.plane + (py / 2) * self.row + px / 2,
+            s => ((py % s) * s + px % s) * self.plane + (py / s) * self.row + px / s,
+        }
     }
 
     /// Lays one image `(channels, h, w)` out, zeros around.
@@ -668,14 +711,15 @@ pub(super) fn input_gradient_image(
             unsafe { p.compact(&s.grid, g.cin, dx, None) };
             continue;
         }
+        debug_assert_eq!(g.stride, 2);
         for c in 0..g.cin {
             let src = &s.grid[c * p.q..];
             let dst = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
             for a in 0..p.ho {
-                let line = &mut dst[(g.stride * a + ph.py) * g.w..];
-                for b in 0..p.wo {
-                    line[g.stride * b + ph.px].write(src[a * p.row + b]);
-                }
+                let line = &mut dst[(2 * a + ph.py) * g.w..(2 * a + ph.py + 1) * g.w];
+                // SAFETY: AVX-512 is present (asserted above); the phase's `wo` values are
+                // the columns of parity `px` of a line of `w`.
+                unsafe { interleave_row(line, ph.px, &src[a * p.row..a * p.row + p.wo]) };
             }
         }
     }
