@@ -549,17 +549,23 @@ impl CustomOp2 for ConvForward {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let (_, _, h, wd) = x.dims4()?;
-        let dx = dy.apply_op2_no_bwd(
-            w,
-            &ConvBackwardData {
-                stride: self.stride,
-                pad: self.pad,
-                h,
-                w: wd,
-            },
-        )?;
+        // The input of the first layer is the images, which want no gradient: its input
+        // gradient would cost about a quarter of that layer's backward for nothing.
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(
+                w,
+                &ConvBackwardData {
+                    stride: self.stride,
+                    pad: self.pad,
+                    h,
+                    w: wd,
+                },
+            )?)
+        } else {
+            None
+        };
         let dw = filter_gradient(x, &dy, w, self.stride, self.pad)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -964,6 +970,26 @@ mod tests {
         IM2COL_ONLY.with(|c| c.set(true));
         f();
         IM2COL_ONLY.with(|c| c.set(false));
+    }
+
+    #[test]
+    fn an_input_that_wants_no_gradient_gets_none_and_the_weights_still_theirs() {
+        // The images entering the first layer: a plain tensor, not a variable.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let x = random(&[3, 1, 28, 28], &mut rng);
+        let w = random(&[16, 1, 3, 3], &mut rng);
+        let r = random(&[3, 16, 28, 28], &mut rng);
+        let grads = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
+            let wv = Var::from_tensor(&w).unwrap();
+            let y = f(&x, wv.as_tensor()).unwrap();
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            (g.get(&x).cloned(), g.get(&wv).unwrap().clone())
+        };
+        let (fast_dx, fast_dw) = grads(&|x, w| x.apply_op2(w, ConvForward { stride: 1, pad: 1 }));
+        // candle's own op computes the images' gradient all the same, and stores it.
+        let (stock_dx, stock_dw) = grads(&|x, w| x.conv2d(w, 1, 1, 1, 1));
+        assert!(fast_dx.is_none() && stock_dx.is_some());
+        assert_close(&fast_dw, &stock_dw, "weight gradient");
     }
 
     #[test]
