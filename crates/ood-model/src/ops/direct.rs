@@ -18,6 +18,10 @@
 //! * Weight gradient: `dw[co, ci, tap] = Σ_images Σ_q dy[co, q] · x[ci, q + offset(tap)]`, with
 //!   the output gradient laid on the same grid and zero off the valid positions.
 //!
+//! The grid is a whole number of vectors (its last tile of positions may be shorter than the
+//! others), and the per-thread buffers it lives in start on a cache line, so that the vector
+//! loads of the output gradient in the weight gradient never straddle two lines.
+//!
 //! [`available`] says whether this CPU runs them; the callers fall back to im2col otherwise.
 
 use super::as_uninit;
@@ -86,7 +90,8 @@ unsafe fn split_row(even: *mut f32, odd: *mut f32, src: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         let mask = |k: usize| -> __mmask16 { ((1u32 << k.min(V)) - 1) as u16 };
-        let pick_even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let pick_even =
+            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let pick_odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         let (n, s) = (src.len(), src.as_ptr());
         let mut i = 0;
@@ -136,7 +141,11 @@ unsafe fn interleave_row(dst: &mut [MaybeUninit<f32>], parity: usize, src: &[f32
         while j < src.len() {
             let v = _mm512_maskz_loadu_ps(mask(src.len() - j), src.as_ptr().add(j));
             let at = 2 * j;
-            _mm512_mask_storeu_ps(d.add(at), lanes & mask(w - at), _mm512_permutexvar_ps(low, v));
+            _mm512_mask_storeu_ps(
+                d.add(at),
+                lanes & mask(w - at),
+                _mm512_permutexvar_ps(low, v),
+            );
             if w > at + V {
                 let high_lanes = lanes & mask(w - at - V);
                 _mm512_mask_storeu_ps(d.add(at + V), high_lanes, _mm512_permutexvar_ps(high, v));
@@ -298,13 +307,13 @@ struct Plan {
     ho: usize,
     wo: usize,
     row: usize,
-    /// Positions computed per output channel: `ho * row` rounded up to whole tiles.
+    /// Positions computed per output channel: `ho * row` rounded up to whole vectors.
     q: usize,
 }
 
 impl Plan {
     fn new(ho: usize, wo: usize, row: usize, taps: Vec<usize>) -> Self {
-        let q = (ho * row).div_ceil(V * QR) * (V * QR);
+        let q = (ho * row).div_ceil(V) * V;
         Self {
             taps,
             ho,
@@ -424,13 +433,19 @@ impl Scratch {
     ///
     /// # Safety
     /// The CPU has AVX-512, and `input` holds every tap of every grid position of `kernel`.
-    unsafe fn forward(&mut self, kernel: &Kernel, w: &[f32]) {
-        self.grid.resize(kernel.cout * kernel.plan.q, 0.0);
+    unsafe fn forward(&mut self, kernel: &Kernel, w: &[f32], input_len: usize) {
+        let len = kernel.cout * kernel.plan.q;
+        self.grid.resize(len + V, 0.0);
         self.grid_layout = None;
         #[cfg(target_arch = "x86_64")]
-        forward_grid(kernel, &self.input, w, &mut self.grid);
+        forward_grid(
+            kernel,
+            aligned(&self.input, input_len),
+            w,
+            aligned_mut(&mut self.grid, len),
+        );
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (kernel, w);
+        let _ = (kernel, w, input_len, len);
     }
 }
 
@@ -442,22 +457,48 @@ enum Layout {
     Grid([usize; 5], usize),
 }
 
-/// `buf` sized `len`, zero wherever images laid out as `layout` are not written: the padding
-/// of an image is never written, so the zeros of the last call with the same layout still
-/// stand and only a new layout clears the buffer (a full clear of each image cost more than
-/// the copy into it).
+/// `len` values of `buf` from its first cache-line boundary, zero wherever images laid out as
+/// `layout` are not written: the padding of an image is never written, so the zeros of the
+/// last call with the same layout still stand and only a new layout clears the buffer (a full
+/// clear of each image cost more than the copy into it). [`aligned`] finds the same values
+/// again while the buffer is not resized.
 fn zeroed<'a>(
     buf: &'a mut Vec<f32>,
     last: &mut Option<Layout>,
     layout: Layout,
     len: usize,
 ) -> &'a mut [f32] {
-    if *last != Some(layout) || buf.len() != len {
+    if *last != Some(layout) || buf.len() != len + V {
         buf.clear();
-        buf.resize(len, 0.0);
+        buf.resize(len + V, 0.0);
     }
     *last = Some(layout);
-    buf
+    aligned_mut(buf, len)
+}
+
+/// Where the values of a scratch buffer start: its first 64-byte boundary. A scratch buffer
+/// holds `V` values more than it is used for, so that every line of the grid (a multiple of
+/// `V` values) and every plane starts on a cache line, and the kernels' loads of the output
+/// gradient in the weight gradient do not straddle two lines (such a load costs two).
+fn cache_line_offset(buf: &[f32]) -> usize {
+    let offset = buf.as_ptr().align_offset(64);
+    assert!(
+        offset < V,
+        "a buffer of f32 reaches a 64-byte boundary within 16 values"
+    );
+    offset
+}
+
+/// `len` values of `buf` from its first 64-byte boundary.
+fn aligned(buf: &[f32], len: usize) -> &[f32] {
+    let start = cache_line_offset(buf);
+    &buf[start..start + len]
+}
+
+/// [`aligned`], mutable.
+fn aligned_mut(buf: &mut [f32], len: usize) -> &mut [f32] {
+    let start = cache_line_offset(buf);
+    &mut buf[start..start + len]
 }
 
 /// Convolves one image `x (cin, h, w)` with `w (cout, cin, k, k)` into `y (cout, ho, wo)`,
@@ -488,8 +529,9 @@ pub(super) fn forward_image(
     };
     // SAFETY: AVX-512 is present (asserted above); every tap of every grid position is inside
     // the input's planes.
-    unsafe { s.forward(&kernel, w) };
-    unsafe { conv.plan.compact(&s.grid, conv.cout, y, epilogue) };
+    unsafe { s.forward(&kernel, w, conv.planes.len()) };
+    let grid = aligned(&s.grid, conv.cout * conv.plan.q);
+    unsafe { conv.plan.compact(grid, conv.cout, y, epilogue) };
 }
 
 /// How many images the weight gradient lays on the grid at once. Each tile of output channels
@@ -555,7 +597,13 @@ pub(super) fn filter_gradient_images(
     // of cout rows of q, dw cout x cin x taps values.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        filter_grid(&kernel, &s.input, &s.grid, m, dw)
+        filter_grid(
+            &kernel,
+            aligned(&s.input, m * image_in),
+            aligned(&s.grid, m * image_out),
+            m,
+            dw,
+        )
     };
 }
 
@@ -705,15 +753,16 @@ pub(super) fn input_gradient_image(
         };
         // SAFETY: AVX-512 is present (asserted above); every tap of every grid position of
         // every phase is inside the padded gradient's planes (`InputGrad::new` sized them).
-        unsafe { s.forward(&kernel, w) };
+        unsafe { s.forward(&kernel, w, g.planes.len()) };
         let p = &ph.plan;
+        let grid = aligned(&s.grid, g.cin * p.q);
         if g.stride == 1 {
-            unsafe { p.compact(&s.grid, g.cin, dx, None) };
+            unsafe { p.compact(grid, g.cin, dx, None) };
             continue;
         }
         debug_assert_eq!(g.stride, 2);
         for c in 0..g.cin {
-            let src = &s.grid[c * p.q..];
+            let src = &grid[c * p.q..];
             let dst = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
             for a in 0..p.ho {
                 let line = &mut dst[(2 * a + ph.py) * g.w..(2 * a + ph.py + 1) * g.w];
@@ -746,21 +795,42 @@ unsafe fn forward_grid(kn: &Kernel, x: &[f32], w: &[f32], yq: &mut [f32]) {
         .all(|&t| (kn.cin - 1) * kn.channel_stride + t + p.q <= x.len()));
     // Tiles of positions outside, channel blocks inside: the tile's input stays in L1.
     for q0 in (0..p.q).step_by(V * QR) {
-        let mut co = 0;
-        while co < kn.cout {
-            // 4 x 4 accumulators; a block of 6 (29 of the 32 registers) measured no faster.
-            co += match kn.cout - co {
-                CR.. => forward_block::<CR>(kn, x, w, co, q0, yq),
-                _ => forward_block::<1>(kn, x, w, co, q0, yq),
-            };
+        // The last tile may be short: the grid is whole vectors, not whole tiles, which
+        // spares up to three vectors of positions per line of tiles (a 14x14 image on lines of
+        // 16 is 14 vectors: 16 in whole tiles).
+        match (p.q - q0) / V {
+            QR.. => forward_tile::<QR>(kn, x, w, q0, yq),
+            3 => forward_tile::<3>(kn, x, w, q0, yq),
+            2 => forward_tile::<2>(kn, x, w, q0, yq),
+            _ => forward_tile::<1>(kn, x, w, q0, yq),
         }
     }
 }
 
-/// Output channels `co..co + C` at positions `q0..q0 + QR * V`.
+/// Every output channel at positions `q0..q0 + R * V`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn forward_block<const C: usize>(
+unsafe fn forward_tile<const R: usize>(
+    kn: &Kernel,
+    x: &[f32],
+    w: &[f32],
+    q0: usize,
+    yq: &mut [f32],
+) {
+    let mut co = 0;
+    while co < kn.cout {
+        // 4 x 4 accumulators; a block of 6 (29 of the 32 registers) measured no faster.
+        co += match kn.cout - co {
+            CR.. => forward_block::<CR, R>(kn, x, w, co, q0, yq),
+            _ => forward_block::<1, R>(kn, x, w, co, q0, yq),
+        };
+    }
+}
+
+/// Output channels `co..co + C` at positions `q0..q0 + R * V`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn forward_block<const C: usize, const R: usize>(
     kn: &Kernel,
     x: &[f32],
     w: &[f32],
@@ -772,13 +842,13 @@ unsafe fn forward_block<const C: usize>(
     let nt = taps.len();
     let w_stride = kn.cin * nt;
     let (x, w, yq) = (x.as_ptr(), w.as_ptr(), yq.as_mut_ptr());
-    let mut acc = [[_mm512_setzero_ps(); QR]; C];
+    let mut acc = [[_mm512_setzero_ps(); R]; C];
     for ci in 0..kn.cin {
         let x_ci = x.add(ci * kn.channel_stride + q0);
         let w_ci = w.add(co * w_stride + ci * nt);
         for (t, &off) in taps.iter().enumerate() {
             let xs = x_ci.add(off);
-            let mut xv = [_mm512_setzero_ps(); QR];
+            let mut xv = [_mm512_setzero_ps(); R];
             for (r, v) in xv.iter_mut().enumerate() {
                 *v = _mm512_loadu_ps(xs.add(r * V));
             }
@@ -895,7 +965,16 @@ mod tests {
             return;
         }
         // Widths below, at and past the 32 values split at once, odd and even, both paddings.
-        for (w, pad) in [(1, 1), (2, 0), (5, 1), (16, 1), (31, 0), (32, 1), (33, 1), (70, 1)] {
+        for (w, pad) in [
+            (1, 1),
+            (2, 0),
+            (5, 1),
+            (16, 1),
+            (31, 0),
+            (32, 1),
+            (33, 1),
+            (70, 1),
+        ] {
             let (channels, h) = (2, 3);
             let p = Planes::new((channels, h, w), pad, 2, 0, 0);
             let x: Vec<f32> = (0..channels * h * w).map(|i| i as f32 + 1.0).collect();
@@ -911,6 +990,25 @@ mod tests {
                 }
             }
             assert_eq!(out, expected, "width {w}, padding {pad}");
+        }
+    }
+
+    #[test]
+    fn scratch_values_start_on_a_cache_line_and_keep_their_place() {
+        let planes = Planes::new((3, 5, 5), 1, 1, 0, 0);
+        let mut buf = Vec::new();
+        let mut last = None;
+        for len in [1, 17, 1000] {
+            let layout = Layout::Planes(planes, len);
+            let first = zeroed(&mut buf, &mut last, layout, len);
+            assert_eq!(first.len(), len);
+            assert_eq!(first.as_ptr() as usize % 64, 0, "{len} values");
+            first[len - 1] = 7.0;
+            let at = first.as_ptr();
+            // The same layout again: the same values, not cleared; `aligned` finds them.
+            let again = zeroed(&mut buf, &mut last, layout, len);
+            assert_eq!((again.as_ptr(), again[len - 1]), (at, 7.0));
+            assert_eq!(aligned(&buf, len).as_ptr(), at);
         }
     }
 
