@@ -61,14 +61,13 @@ unsafe fn copy_row(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     {
         let n = src.len();
         let (d, s) = (dst.as_mut_ptr().cast::<f32>(), src.as_ptr());
+        // Masked moves throughout, the mask computed for each vector: written as plain loads
+        // and stores, the loop was recognised as a copy and compiled into a call to memcpy.
         let mut i = 0;
-        while i + V <= n {
-            _mm512_storeu_ps(d.add(i), _mm512_loadu_ps(s.add(i)));
-            i += V;
-        }
-        if i < n {
-            let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+        while i < n {
+            let mask = ((1u32 << (n - i).min(V)) - 1) as __mmask16;
             _mm512_mask_storeu_ps(d.add(i), mask, _mm512_maskz_loadu_ps(mask, s.add(i)));
+            i += V;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
