@@ -81,8 +81,9 @@ unsafe fn copy_row(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
 /// copy value by value took most of the layout time of the stride-2 convolutions).
 ///
 /// # Safety
-/// `even` holds `src.len().div_ceil(2)` values, `odd` `src.len() / 2`, neither overlapping the
-/// other nor `src`; the CPU has AVX-512 (on x86-64).
+/// `even` holds `src.len().div_ceil(2)` values, `odd` `src.len() / 2` (none: it may then be
+/// any pointer, `even` included), neither overlapping the other nor `src`; the CPU has AVX-512
+/// (on x86-64).
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 #[inline]
 unsafe fn split_row(even: *mut f32, odd: *mut f32, src: &[f32]) {
@@ -480,12 +481,9 @@ fn zeroed<'a>(
 /// `V` values) and every plane starts on a cache line, and the kernels' loads of the output
 /// gradient in the weight gradient do not straddle two lines (such a load costs two).
 fn cache_line_offset(buf: &[f32]) -> usize {
-    let offset = buf.as_ptr().align_offset(64);
-    assert!(
-        offset < V,
-        "a buffer of f32 reaches a 64-byte boundary within 16 values"
-    );
-    offset
+    // By hand rather than `align_offset`, which may answer "impossible" for any pointer.
+    let past = buf.as_ptr() as usize % 64;
+    (64 - past) % 64 / std::mem::size_of::<f32>()
 }
 
 /// `len` values of `buf` from its first 64-byte boundary.
