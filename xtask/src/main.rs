@@ -30,8 +30,9 @@ tasks:
                     headline numbers per seed with mean and spread (resumable)
   demo              train, calibrate and evaluate the default model, end to end
   inspect [CKPT]    describe a checkpoint (default runs/default/checkpoint.safetensors)
-  bench [ARGS]      measure training and inference throughput (`ood bench`; --quick: about a
-                    minute; --device cuda: the presets on a GPU, beside PyTorch)
+  bench [ARGS]      measure training and inference throughput (`ood bench`, three rounds
+                    alternating with PyTorch unless --rounds, --quick or --no-torch is given;
+                    --quick: about a minute; --device cuda: the presets on a GPU, beside PyTorch)
   release-model [--from RUN_DIR] [ARGS]
                     the shipped model in assets/models/default: RUN_DIR's checkpoint (default
                     runs/default, trained first if missing) without optimizer state,
@@ -112,6 +113,19 @@ fn with_default(args: &[String], flag: &str, value: &str) -> Vec<String> {
     out
 }
 
+/// `ood bench` with ARGS, in three rounds that alternate with PyTorch unless ARGS ask for a
+/// number of rounds, a quick run or no PyTorch: one round leaves PyTorch, measured last, at
+/// the mercy of this machine's drifting speed.
+fn bench_args(rest: &[String]) -> Vec<String> {
+    let mut a = vec!["bench".to_string()];
+    if rest.iter().any(|x| x == "--quick" || x == "--no-torch") {
+        a.extend(rest.iter().cloned());
+    } else {
+        a.extend(with_default(rest, "--rounds", "3"));
+    }
+    a
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
@@ -125,7 +139,8 @@ fn main() -> Result<()> {
             a.extend(with_default(rest, "--out", "runs/default"));
             ood(&[], &a)
         }
-        "data-info" | "presets" | "bench" | "serve" => {
+        "bench" => ood(&[], &bench_args(rest)),
+        "data-info" | "presets" | "serve" => {
             let mut a = vec![task.clone()];
             a.extend(rest.iter().cloned());
             ood(&[], &a)
@@ -200,7 +215,26 @@ pub(crate) fn args(a: &[&str]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{args, device_feature};
+    use super::{args, bench_args, device_feature};
+
+    #[test]
+    fn bench_runs_three_rounds_unless_told_otherwise() {
+        assert_eq!(bench_args(&[]), args(&["bench", "--rounds", "3"]));
+        assert_eq!(
+            bench_args(&args(&["--widths", "64"])),
+            args(&["bench", "--widths", "64", "--rounds", "3"])
+        );
+        for given in [
+            &["--rounds", "5"][..],
+            &["--rounds=1"],
+            &["--quick"],
+            &["--no-torch"],
+        ] {
+            let mut want = args(&["bench"]);
+            want.extend(args(given));
+            assert_eq!(bench_args(&args(given)), want, "{given:?}");
+        }
+    }
 
     #[test]
     fn a_device_argument_selects_its_feature() {

@@ -99,6 +99,11 @@ pub struct BenchArgs {
     /// Do not run the PyTorch reference.
     #[arg(long)]
     pub no_torch: bool,
+    /// Measure N times, this project's rows then PyTorch's each time, and report the median of
+    /// each row over the rounds, with each round's ratio: this machine's speed drifts within
+    /// minutes, and in a single round PyTorch, run last, may meet a slower stretch than ours.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub rounds: usize,
     /// The PyTorch reference script [default: ../shared/bench/torch_ref.py beside the workspace].
     #[arg(long, value_name = "PATH", env = "OOD_TORCH_REF")]
     pub torch_ref: Option<PathBuf>,
@@ -280,6 +285,8 @@ struct ModelRow {
     min_s: f64,
     torch_images_per_s: Option<f64>,
     ratio: Option<f64>,
+    /// With several rounds: each round's ratio, in order.
+    round_ratios: Vec<f64>,
     threads: usize,
     warmup: usize,
     steps: usize,
@@ -400,13 +407,77 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let date = utc_now();
     let busy = other_runnable_threads();
 
+    if args.rounds == 0 {
+        return Err(BenchError::Invalid("--rounds must be at least 1".into()));
+    }
+    let mut rounds = Vec::with_capacity(args.rounds);
+    let mut torch_note = String::new();
+    for round in 0..args.rounds {
+        if args.rounds > 1 {
+            eprintln!("round {} of {}", round + 1, args.rounds);
+        }
+        let mut rows = measure_rows(&plan)?;
+        // PyTorch last in each round, so that it never competes with our measurements for the
+        // cores.
+        torch_note = if args.no_torch {
+            "not compared (--no-torch)".to_string()
+        } else {
+            let torch = if plan.device.is_cpu() {
+                run_torch(args, &plan)
+            } else {
+                run_anchor(args, &plan)
+            };
+            match torch {
+                Ok((version, results)) => {
+                    attach_torch(&mut rows, &results);
+                    format!("{version}, same threads, warm-up and steps")
+                }
+                Err(why) => format!("not compared ({why:#})"),
+            }
+        };
+        rounds.push(rows);
+    }
+    let rows = median_of_rounds(rounds);
+
+    let mut op_rows = Vec::new();
+    if args.ops {
+        for &w in &plan.widths {
+            op_rows.extend(measure_ops(w, plan.train_batch, plan.steps)?);
+        }
+    }
+
+    print_header(args, &plan, &date, &cpu, busy, &torch_note);
+    print!("{}", model_table(&rows));
+    if !op_rows.is_empty() {
+        println!();
+        print!("{}", op_table(&op_rows, plan.train_batch));
+    }
+    println!();
+    println!("(took {:.0} s)", started.elapsed().as_secs_f64());
+
+    if let Some(path) = &args.json {
+        let all: Vec<JsonRow> = rows
+            .iter()
+            .map(JsonRow::Model)
+            .chain(op_rows.iter().map(JsonRow::Op))
+            .collect();
+        let text = serde_json::to_string_pretty(&all)? + "\n";
+        ood_data::atomic::write_atomic(path, text.as_bytes())
+            .map_err(|e| BenchError::Io(path.clone(), e))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Every model row of one round, in the plan's order.
+fn measure_rows(plan: &Plan) -> Result<Vec<ModelRow>> {
     let mut rows = Vec::new();
     for (w, kernels) in &plan.kernels {
         let config = ModelConfig::new(*w, [2, 2, 2], 10);
         for &k in kernels {
             for kind in [Kind::Train, Kind::Infer] {
                 rows.push(measure_model(
-                    &plan,
+                    plan,
                     &format!("ref-w{w}"),
                     &config,
                     k,
@@ -420,7 +491,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let config = ood_model::preset(name, 9)?;
         for kind in [Kind::Train, Kind::Infer] {
             rows.push(measure_model(
-                &plan,
+                plan,
                 name,
                 &config,
                 plan.preset_kernels,
@@ -429,32 +500,61 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             )?);
         }
     }
+    Ok(rows)
+}
 
-    let mut op_rows = Vec::new();
-    if args.ops {
-        for &w in &plan.widths {
-            op_rows.extend(measure_ops(w, plan.train_batch, plan.steps)?);
-        }
+/// One row per measurement: the median over the rounds of our images/s (GFLOP/s with it) and
+/// of PyTorch's, their ratio, and each round's ratio; the largest peak memory; the median of
+/// the step medians and the least step. One round is returned as it is.
+fn median_of_rounds(mut rounds: Vec<Vec<ModelRow>>) -> Vec<ModelRow> {
+    if rounds.len() == 1 {
+        return rounds.pop().unwrap_or_default();
     }
-
-    // PyTorch last, so that it never competes with our measurements for the cores.
-    let torch_note = if args.no_torch {
-        "not compared (--no-torch)".to_string()
-    } else {
-        let torch = if plan.device.is_cpu() {
-            run_torch(args, &plan)
-        } else {
-            run_anchor(args, &plan)
-        };
-        match torch {
-            Ok((version, results)) => {
-                attach_torch(&mut rows, &results);
-                format!("{version}, same threads, warm-up and steps")
-            }
-            Err(why) => format!("not compared ({why:#})"),
-        }
+    let Some(first) = rounds.first() else {
+        return Vec::new();
     };
+    (0..first.len())
+        .map(|i| {
+            let of_row: Vec<&ModelRow> = rounds.iter().map(|r| &r[i]).collect();
+            let median_by = |f: &dyn Fn(&ModelRow) -> Option<f64>| -> Option<f64> {
+                let mut v: Vec<f64> = of_row.iter().filter_map(|r| f(r)).collect();
+                (v.len() == of_row.len()).then(|| median(&mut v))
+            };
+            let images_per_s = median_by(&|r| Some(r.images_per_s)).unwrap_or(f64::NAN);
+            let torch = median_by(&|r| r.torch_images_per_s);
+            ModelRow {
+                images_per_s,
+                gflops: median_by(&|r| Some(r.gflops)).unwrap_or(f64::NAN),
+                peak_mib: of_row.iter().filter_map(|r| r.peak_mib).reduce(f64::max),
+                median_s: median_by(&|r| Some(r.median_s)).unwrap_or(f64::NAN),
+                min_s: of_row.iter().map(|r| r.min_s).fold(f64::INFINITY, f64::min),
+                torch_images_per_s: torch,
+                ratio: torch.filter(|&t| t > 0.0).map(|t| images_per_s / t),
+                round_ratios: of_row.iter().filter_map(|r| r.ratio).collect(),
+                ..of_row[0].clone()
+            }
+        })
+        .collect()
+}
 
+/// The middle value (the mean of the two middle ones for an even count); NaN for none.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn print_header(
+    args: &BenchArgs,
+    plan: &Plan,
+    date: &str,
+    cpu: &str,
+    busy: Option<usize>,
+    torch_note: &str,
+) {
     println!("# ood bench, {date}");
     println!("# CPU: {cpu}; {} compute threads", plan.threads);
     if !plan.device.is_cpu() {
@@ -484,27 +584,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "# ref-wW: torch_ref.py's model (width W, blocks [2,2,2], 10 classes); presets: 9 classes"
         );
     }
-    println!();
-    print!("{}", model_table(&rows));
-    if !op_rows.is_empty() {
-        println!();
-        print!("{}", op_table(&op_rows, plan.train_batch));
+    if args.rounds > 1 {
+        println!(
+            "# {} rounds, ours then PyTorch's each time: median of each row over the rounds; \
+             the ratio is of the two medians, each round's in brackets",
+            args.rounds
+        );
     }
     println!();
-    println!("(took {:.0} s)", started.elapsed().as_secs_f64());
-
-    if let Some(path) = &args.json {
-        let all: Vec<JsonRow> = rows
-            .iter()
-            .map(JsonRow::Model)
-            .chain(op_rows.iter().map(JsonRow::Op))
-            .collect();
-        let text = serde_json::to_string_pretty(&all)? + "\n";
-        ood_data::atomic::write_atomic(path, text.as_bytes())
-            .map_err(|e| BenchError::Io(path.clone(), e))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
 }
 
 /// Median and minimum of `steps` timed calls after `warmup` untimed ones, in seconds.
@@ -663,6 +750,7 @@ fn measure_model(
         min_s: min,
         torch_images_per_s: None,
         ratio: None,
+        round_ratios: Vec::new(),
         threads: plan.threads,
         warmup,
         steps,
@@ -833,10 +921,20 @@ fn model_table(rows: &[ModelRow]) -> String {
             r.gflops,
             fmt_opt(r.peak_mib, 0),
             fmt_opt(r.torch_images_per_s, 1),
-            fmt_opt(r.ratio, 2),
+            ratio_cell(r),
         );
     }
     s
+}
+
+/// The ratio, then each round's in brackets when there were several.
+fn ratio_cell(r: &ModelRow) -> String {
+    let ratio = fmt_opt(r.ratio, 2);
+    if r.round_ratios.len() < 2 {
+        return ratio;
+    }
+    let each: Vec<String> = r.round_ratios.iter().map(|x| format!("{x:.2}")).collect();
+    format!("{ratio} ({})", each.join(", "))
 }
 
 fn op_table(rows: &[OpRow], batch: usize) -> String {
@@ -1205,10 +1303,58 @@ not a result line images_per_s=5
             min_s: batch as f64 / ips,
             torch_images_per_s: None,
             ratio: None,
+            round_ratios: Vec::new(),
             threads: 2,
             warmup: 0,
             steps: 1,
         }
+    }
+
+    #[test]
+    fn rounds_give_the_median_of_each_row_the_ratio_of_the_medians_and_each_rounds_ratio() {
+        // Three rounds of two rows; PyTorch measured the first row only.
+        let torch = |ips: f64| TorchResult {
+            model: "ref-w16".into(),
+            kind: "train".into(),
+            batch: 128,
+            images_per_s: ips,
+        };
+        let round = |ours: f64, infer: f64, theirs: f64, peak: f64| {
+            let mut rows = vec![
+                row("ref-w16", "fast", "train", 16, 128, ours, true),
+                row("ref-w16", "fast", "infer", 16, 512, infer, true),
+            ];
+            rows[0].peak_mib = Some(peak);
+            attach_torch(&mut rows, &[torch(theirs)]);
+            rows
+        };
+        let rows = median_of_rounds(vec![
+            round(600.0, 3000.0, 500.0, 10.0),
+            round(400.0, 2000.0, 800.0, 30.0),
+            round(700.0, 2500.0, 600.0, 20.0),
+        ]);
+        assert_eq!(rows.len(), 2);
+        // Medians 600 (of 400, 600, 700) and 600 (of 500, 600, 800): ratio 1.
+        assert_eq!(rows[0].images_per_s, 600.0);
+        assert_eq!(rows[0].torch_images_per_s, Some(600.0));
+        assert_eq!(rows[0].ratio, Some(1.0));
+        assert_eq!(rows[0].round_ratios, vec![1.2, 0.5, 700.0 / 600.0]);
+        assert_eq!(rows[0].peak_mib, Some(30.0));
+        assert_eq!(ratio_cell(&rows[0]), "1.00 (1.20, 0.50, 1.17)");
+        // Step times follow the images/s: median of 128/600, 128/400, 128/700.
+        assert_eq!(rows[0].median_s, 128.0 / 600.0);
+        assert_eq!(rows[0].min_s, 128.0 / 700.0);
+        // No PyTorch figure in any round: none in the median either.
+        assert_eq!(rows[1].images_per_s, 2500.0);
+        assert_eq!((rows[1].torch_images_per_s, rows[1].ratio), (None, None));
+        assert_eq!(ratio_cell(&rows[1]), "-");
+        // One round is left as it was; two rounds take the mean of the middle pair.
+        let one = median_of_rounds(vec![round(600.0, 1.0, 500.0, 1.0)]);
+        assert_eq!(
+            (one[0].ratio, ratio_cell(&one[0])),
+            (Some(1.2), "1.20".to_string())
+        );
+        assert_eq!(median(&mut [3.0, 1.0]), 2.0);
     }
 
     #[test]
