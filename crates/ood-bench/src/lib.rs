@@ -12,6 +12,10 @@
 //! both heads, cross-entropy plus denoising MSE, the backward pass and an Adam step; inference
 //! is the forward of both heads with both outputs pulled back to the host.
 //!
+//! `--rounds N` measures N times, ours then PyTorch's each time, and reports each row's median
+//! over the rounds with each round's ratio: on a machine whose speed drifts, one round can set
+//! the two sides in different stretches.
+//!
 //! It is not a test of correctness (the kernels' tests are in `ood-model`) and it does not
 //! train or evaluate real models; [`BenchArgs`] carries clap's derive so the `ood bench` command
 //! is only a call to [`run`].
