@@ -534,7 +534,12 @@ fn median_of_rounds(mut rounds: Vec<Vec<ModelRow>>) -> Vec<ModelRow> {
                 min_s: of_row.iter().map(|r| r.min_s).fold(f64::INFINITY, f64::min),
                 torch_images_per_s: torch,
                 ratio: torch.filter(|&t| t > 0.0).map(|t| images_per_s / t),
-                round_ratios: of_row.iter().filter_map(|r| r.ratio).collect(),
+                // Every round's, or none: a round without PyTorch leaves no median to compare.
+                round_ratios: of_row
+                    .iter()
+                    .map(|r| r.ratio)
+                    .collect::<Option<_>>()
+                    .unwrap_or_default(),
                 ..of_row[0].clone()
             }
         })

@@ -50,6 +50,13 @@ pub(super) fn available() -> bool {
     }
 }
 
+/// The mask of the first `k` lanes of a vector (all of them from `V` on).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn first_lanes(k: usize) -> __mmask16 {
+    ((1u32 << k.min(V)) - 1) as __mmask16
+}
+
 /// `dst.copy_from_slice(src)` for the short lines of an image (7 to 30 values), inlined into
 /// the layout functions (themselves compiled for AVX-512): a call to memcpy per line cost more
 /// than the copy.
@@ -65,7 +72,7 @@ unsafe fn copy_row(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
         // and stores, the loop was recognised as a copy and compiled into a call to memcpy.
         let mut i = 0;
         while i < n {
-            let mask = ((1u32 << (n - i).min(V)) - 1) as __mmask16;
+            let mask = first_lanes(n - i);
             _mm512_mask_storeu_ps(d.add(i), mask, _mm512_maskz_loadu_ps(mask, s.add(i)));
             i += V;
         }
@@ -89,7 +96,7 @@ unsafe fn copy_row(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
 unsafe fn split_row(even: *mut f32, odd: *mut f32, src: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        let mask = |k: usize| -> __mmask16 { ((1u32 << k.min(V)) - 1) as u16 };
+        let mask = first_lanes;
         let pick_even =
             _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let pick_odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -131,7 +138,7 @@ unsafe fn interleave_row(dst: &mut [MaybeUninit<f32>], parity: usize, src: &[f32
     assert!(parity < 2 && src.len() == w.saturating_sub(parity).div_ceil(2));
     #[cfg(target_arch = "x86_64")]
     {
-        let mask = |k: usize| -> __mmask16 { ((1u32 << k.min(V)) - 1) as u16 };
+        let mask = first_lanes;
         // Lanes of this parity, each taking the source value of its pair.
         let lanes: __mmask16 = if parity == 0 { 0x5555 } else { 0xAAAA };
         let low = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
@@ -179,7 +186,7 @@ unsafe fn shift_row(dst: &mut [MaybeUninit<f32>], src: &[f32], shift: f32, relu:
             i += V;
         }
         if i < n {
-            let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+            let mask = first_lanes(n - i);
             let v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, s.add(i)), shift);
             _mm512_mask_storeu_ps(d.add(i), mask, _mm512_max_ps(v, floor));
         }
@@ -429,23 +436,21 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    /// Runs the forward micro-kernel over `input` into `grid`, which it writes whole.
+    /// Runs the forward micro-kernel over `input` into `grid`, which it writes whole, and
+    /// returns the grid: `kernel.cout` lines of `kernel.plan.q` positions.
     ///
     /// # Safety
     /// The CPU has AVX-512, and `input` holds every tap of every grid position of `kernel`.
-    unsafe fn forward(&mut self, kernel: &Kernel, w: &[f32], input_len: usize) {
+    unsafe fn forward(&mut self, kernel: &Kernel, w: &[f32], input_len: usize) -> &[f32] {
         let len = kernel.cout * kernel.plan.q;
         self.grid.resize(len + V, 0.0);
         self.grid_layout = None;
+        let grid = aligned_mut(&mut self.grid, len);
         #[cfg(target_arch = "x86_64")]
-        forward_grid(
-            kernel,
-            aligned(&self.input, input_len),
-            w,
-            aligned_mut(&mut self.grid, len),
-        );
+        forward_grid(kernel, aligned(&self.input, input_len), w, grid);
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (kernel, w, input_len, len);
+        let _ = (kernel, w, input_len);
+        grid
     }
 }
 
@@ -526,8 +531,7 @@ pub(super) fn forward_image(
     };
     // SAFETY: AVX-512 is present (asserted above); every tap of every grid position is inside
     // the input's planes.
-    unsafe { s.forward(&kernel, w, conv.planes.len()) };
-    let grid = aligned(&s.grid, conv.cout * conv.plan.q);
+    let grid = unsafe { s.forward(&kernel, w, conv.planes.len()) };
     unsafe { conv.plan.compact(grid, conv.cout, y, epilogue) };
 }
 
@@ -750,9 +754,8 @@ pub(super) fn input_gradient_image(
         };
         // SAFETY: AVX-512 is present (asserted above); every tap of every grid position of
         // every phase is inside the padded gradient's planes (`InputGrad::new` sized them).
-        unsafe { s.forward(&kernel, w, g.planes.len()) };
+        let grid = unsafe { s.forward(&kernel, w, g.planes.len()) };
         let p = &ph.plan;
-        let grid = aligned(&s.grid, g.cin * p.q);
         if g.stride == 1 {
             unsafe { p.compact(grid, g.cin, dx, None) };
             continue;
