@@ -20,6 +20,7 @@ use super::direct;
 use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Sizes of one convolution, seen from the convolution's side (input -> output).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +240,56 @@ where
     }
 }
 
+/// Runs `work(first_image, batch, scratch)` for the direct kernels over `out`, the outputs of
+/// `n` images of `per_image` values each: groups of [`direct::GROUP`] images (one per vector
+/// lane, see `direct::lanes`) while they last, then single images, spread over the pool.
+fn for_each_direct_batch<F>(out: &mut [MaybeUninit<f32>], per_image: usize, n: usize, work: F)
+where
+    F: Fn(usize, &mut [MaybeUninit<f32>], &mut direct::Scratch) + Sync,
+{
+    let group = direct_group(n);
+    let grouped = n / group * group;
+    let (groups, singles) = out.split_at_mut(grouped * per_image);
+    let batches: Vec<_> = groups
+        .chunks_mut(group * per_image)
+        .enumerate()
+        .map(|(k, batch)| (k * group, batch))
+        .chain(
+            singles
+                .chunks_mut(per_image)
+                .enumerate()
+                .map(|(i, image)| (grouped + i, image)),
+        )
+        .collect();
+    if images_in_parallel(batches.len()) {
+        batches
+            .into_par_iter()
+            .for_each_init(direct::Scratch::default, |s, (first, batch)| {
+                work(first, batch, s)
+            });
+    } else {
+        let mut s = direct::Scratch::default();
+        batches
+            .into_iter()
+            .for_each(|(first, batch)| work(first, batch, &mut s));
+    }
+}
+
+/// Images per call of the direct kernels: a group of sixteen where there are that many (and
+/// the lanes route is not held off by a test), else one.
+fn direct_group(n: usize) -> usize {
+    #[cfg(test)]
+    if PER_IMAGE_ONLY.with(|c| c.get()) {
+        return 1;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if n >= direct::GROUP {
+        return direct::GROUP;
+    }
+    let _ = n;
+    1
+}
+
 impl Geometry {
     /// Whether the direct kernels may take this convolution: on an AVX-512 CPU, and not a
     /// strided 1x1 (a subsampling and one GEMM, which im2col does well). Strides other than 1
@@ -287,6 +338,13 @@ thread_local! {
     static IM2COL_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Set by tests to hold the direct kernels to one image at a time, to compare the groups of
+    /// sixteen with them.
+    static PER_IMAGE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Whether the direct kernels may run (decided on the calling thread, before any work is
 /// spread over the pool).
 fn direct_allowed() -> bool {
@@ -305,12 +363,17 @@ fn conv_forward(
 ) -> Vec<f32> {
     if let Some(conv) = g.direct() {
         let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * g.out_pixels());
-        let across = images_in_parallel(g.n);
-        // Every value written: each image's output by `forward_image`.
+        // Every value written: each group's output by `forward_group`, each image's by
+        // `forward_image`.
         return super::written_vec(g.n * out_len, |y| {
-            for_each_image(y, out_len, across, |(i, y_img), s: &mut direct::Scratch| {
-                let x_img = &x[i * in_len..(i + 1) * in_len];
-                direct::forward_image(&conv, x_img, w, y_img, s, epilogue)
+            for_each_direct_batch(y, out_len, g.n, |first, batch, s| {
+                let x = &x[first * in_len..first * in_len + batch.len() / out_len * in_len];
+                if batch.len() == out_len {
+                    direct::forward_image(&conv, x, w, batch, s, epilogue)
+                } else {
+                    #[cfg(target_arch = "x86_64")]
+                    direct::forward_group(&conv, x, w, batch, s, epilogue)
+                }
             })
         });
     }
@@ -355,18 +418,18 @@ fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     if let Some(grad) = g.direct_input_grad() {
         let weights = grad.phase_weights(w);
         let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * g.out_pixels());
-        let across = images_in_parallel(g.n);
-        // Every value written: each image's gradient by `input_gradient_image`.
+        // Every value written: each group's gradient by `input_gradient_group`, each image's
+        // by `input_gradient_image`.
         return super::written_vec(g.n * in_len, |dx| {
-            for_each_image(
-                dx,
-                in_len,
-                across,
-                |(i, dx_img), s: &mut direct::Scratch| {
-                    let dy_img = &dy[i * out_len..(i + 1) * out_len];
-                    direct::input_gradient_image(&grad, dy_img, &weights, dx_img, s)
-                },
-            )
+            for_each_direct_batch(dx, in_len, g.n, |first, batch, s| {
+                let dy = &dy[first * out_len..first * out_len + batch.len() / in_len * out_len];
+                if batch.len() == in_len {
+                    direct::input_gradient_image(&grad, dy, &weights, batch, s)
+                } else {
+                    #[cfg(target_arch = "x86_64")]
+                    direct::input_gradient_group(&grad, dy, &weights, batch, s)
+                }
+            })
         });
     }
     let (howo, kk) = (g.out_pixels(), g.col_rows());
@@ -1070,6 +1133,70 @@ mod tests {
         };
         let bn = BatchNorm::fresh(4).unwrap();
         assert!(conv.forward_folded(&x, &bn, false).unwrap().is_none());
+    }
+
+    /// Groups of sixteen images (one per vector lane) against the same kernels one image at a
+    /// time: the sums run in the same order, so forward (with and without an epilogue) and
+    /// input gradient agree to the bit. Batches of 16, 17 and 35 (groups and single images
+    /// together), strides 1 and 2, 1x1 to 4x4 kernels, odd sizes, lines longer than a vector,
+    /// channel counts on and off the tiles and the chunks of input channels; and each against
+    /// candle's ops.
+    #[test]
+    fn groups_of_sixteen_images_match_one_image_at_a_time_exactly() {
+        if !direct::available() {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        // (batch, cin, cout, size, k, stride, pad)
+        let cases = [
+            (16, 3, 5, 7, 3, 1, 1),
+            (17, 16, 16, 14, 3, 1, 1),
+            (35, 18, 9, 9, 3, 2, 1),
+            (16, 4, 8, 28, 3, 2, 1),
+            (16, 2, 3, 21, 1, 1, 0),
+            (19, 5, 4, 11, 4, 2, 1),
+            (16, 33, 6, 5, 5, 1, 2),
+            (16, 3, 2, 37, 3, 1, 0),
+        ];
+        for (n, cin, cout, size, k, stride, pad) in cases {
+            let what = format!("n{n} cin{cin} cout{cout} {size}px k{k} s{stride} p{pad}");
+            let g = Geometry::new((n, cin, size, size), cout, k, stride, pad).unwrap();
+            assert!(g.direct().is_some(), "{what}: no direct form");
+            let values = |len: usize, rng: &mut rand::rngs::StdRng| -> Vec<f32> {
+                (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+            };
+            let x = values(n * cin * size * size, &mut rng);
+            let w = values(cout * cin * k * k, &mut rng);
+            let dy = values(n * cout * g.ho * g.wo, &mut rng);
+            let epilogue = direct::Epilogue {
+                shift: values(cout, &mut rng),
+                relu: true,
+            };
+            let run = || {
+                (
+                    conv_forward(&x, &w, &g, None),
+                    conv_forward(&x, &w, &g, Some(&epilogue)),
+                    conv_backward_data(&dy, &w, &g),
+                )
+            };
+            let grouped = run();
+            PER_IMAGE_ONLY.with(|c| c.set(true));
+            let single = run();
+            PER_IMAGE_ONLY.with(|c| c.set(false));
+            assert!(grouped.0 == single.0, "{what}: forward");
+            assert!(grouped.1 == single.1, "{what}: forward with its epilogue");
+            assert!(grouped.2 == single.2, "{what}: input gradient");
+            let x = Tensor::from_vec(x, (n, cin, size, size), &Device::Cpu).unwrap();
+            let w = Tensor::from_vec(w, (cout, cin, k, k), &Device::Cpu).unwrap();
+            compare(
+                &x,
+                &w,
+                |x, w| x.apply_op2(w, ConvForward { stride, pad }),
+                |x, w| x.conv2d(w, pad, stride, 1, 1),
+                &what,
+                &mut rng,
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,11 @@
 //! [`available`] says whether this CPU runs them; the callers fall back to im2col otherwise.
 
 use super::as_uninit;
+
+#[cfg(target_arch = "x86_64")]
+mod lanes;
+#[cfg(target_arch = "x86_64")]
+pub(super) use lanes::{forward_group, input_gradient_group, GROUP};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -442,10 +447,11 @@ impl Scratch {
     /// # Safety
     /// The CPU has AVX-512, and `input` holds every tap of every grid position of `kernel`.
     unsafe fn forward(&mut self, kernel: &Kernel, w: &[f32], input_len: usize) -> &[f32] {
-        let len = kernel.cout * kernel.plan.q;
-        self.grid.resize(len + V, 0.0);
-        self.grid_layout = None;
-        let grid = aligned_mut(&mut self.grid, len);
+        let grid = overwritten(
+            &mut self.grid,
+            &mut self.grid_layout,
+            kernel.cout * kernel.plan.q,
+        );
         #[cfg(target_arch = "x86_64")]
         forward_grid(kernel, aligned(&self.input, input_len), w, grid);
         #[cfg(not(target_arch = "x86_64"))]
@@ -460,6 +466,8 @@ enum Layout {
     Planes(Planes, usize),
     /// `(channels, q, row, ho, wo)` of a spread gradient, and the images.
     Grid([usize; 5], usize),
+    /// Sixteen images laid out as one, each value widened to a vector (see [`lanes`]).
+    Lanes(Planes),
 }
 
 /// `len` values of `buf` from its first cache-line boundary, zero wherever images laid out as
@@ -478,6 +486,14 @@ fn zeroed<'a>(
         buf.resize(len + V, 0.0);
     }
     *last = Some(layout);
+    aligned_mut(buf, len)
+}
+
+/// `len` values of `buf` from its first cache-line boundary, for a kernel that writes them all.
+fn overwritten<'a>(buf: &'a mut Vec<f32>, last: &mut Option<Layout>, len: usize) -> &'a mut [f32] {
+    buf.resize(len + V, 0.0);
+    // Whatever layout the buffer held is written over.
+    *last = None;
     aligned_mut(buf, len)
 }
 
@@ -795,39 +811,73 @@ unsafe fn forward_grid(kn: &Kernel, x: &[f32], w: &[f32], yq: &mut [f32]) {
         .all(|&t| (kn.cin - 1) * kn.channel_stride + t + p.q <= x.len()));
     // Tiles of positions outside, channel blocks inside: the tile's input stays in L1.
     for q0 in (0..p.q).step_by(V * QR) {
+        let span = Span {
+            x: q0,
+            y: q0,
+            y_stride: p.q,
+            ci: 0..kn.cin,
+            add: false,
+        };
         // The last tile may be short: the grid is whole vectors, not whole tiles, which
         // spares up to three vectors of positions per line of tiles (a 14x14 image on lines of
         // 16 is 14 vectors: 16 in whole tiles).
-        match (p.q - q0) / V {
-            QR.. => forward_tile::<QR>(kn, x, w, q0, yq),
-            3 => forward_tile::<3>(kn, x, w, q0, yq),
-            2 => forward_tile::<2>(kn, x, w, q0, yq),
-            _ => forward_tile::<1>(kn, x, w, q0, yq),
-        }
+        forward_tile(kn, x, w, (p.q - q0) / V, &span, yq);
     }
 }
 
-/// Every output channel at positions `q0..q0 + R * V`.
+/// Where one tile of the forward kernel reads and writes: `R` vectors of the input planes from
+/// `x` on (each channel's planes `channel_stride` apart), and of the output from `y` on (each
+/// channel's `y_stride` apart), summing over the input channels `ci`, onto what the output
+/// holds when `add`.
+#[cfg(target_arch = "x86_64")]
+struct Span {
+    x: usize,
+    y: usize,
+    y_stride: usize,
+    ci: std::ops::Range<usize>,
+    add: bool,
+}
+
+/// Every output channel at `min(vectors, QR)` vectors of positions (see [`Span`]).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn forward_tile<const R: usize>(
+unsafe fn forward_tile(
     kn: &Kernel,
     x: &[f32],
     w: &[f32],
-    q0: usize,
-    yq: &mut [f32],
+    vectors: usize,
+    span: &Span,
+    y: &mut [f32],
+) {
+    match vectors {
+        QR.. => forward_channels::<QR>(kn, x, w, span, y),
+        3 => forward_channels::<3>(kn, x, w, span, y),
+        2 => forward_channels::<2>(kn, x, w, span, y),
+        _ => forward_channels::<1>(kn, x, w, span, y),
+    }
+}
+
+/// Every output channel at `R` vectors of positions.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn forward_channels<const R: usize>(
+    kn: &Kernel,
+    x: &[f32],
+    w: &[f32],
+    span: &Span,
+    y: &mut [f32],
 ) {
     let mut co = 0;
     while co < kn.cout {
         // 4 x 4 accumulators; a block of 6 (29 of the 32 registers) measured no faster.
         co += match kn.cout - co {
-            CR.. => forward_block::<CR, R>(kn, x, w, co, q0, yq),
-            _ => forward_block::<1, R>(kn, x, w, co, q0, yq),
+            CR.. => forward_block::<CR, R>(kn, x, w, co, span, y),
+            _ => forward_block::<1, R>(kn, x, w, co, span, y),
         };
     }
 }
 
-/// Output channels `co..co + C` at positions `q0..q0 + R * V`.
+/// Output channels `co..co + C` at `R` vectors of positions.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn forward_block<const C: usize, const R: usize>(
@@ -835,16 +885,24 @@ unsafe fn forward_block<const C: usize, const R: usize>(
     x: &[f32],
     w: &[f32],
     co: usize,
-    q0: usize,
-    yq: &mut [f32],
+    span: &Span,
+    y: &mut [f32],
 ) -> usize {
     let taps = &kn.plan.taps;
     let nt = taps.len();
     let w_stride = kn.cin * nt;
-    let (x, w, yq) = (x.as_ptr(), w.as_ptr(), yq.as_mut_ptr());
+    let (x, w, y) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+    let out = |c: usize, r: usize| y.add((co + c) * span.y_stride + span.y + r * V);
     let mut acc = [[_mm512_setzero_ps(); R]; C];
-    for ci in 0..kn.cin {
-        let x_ci = x.add(ci * kn.channel_stride + q0);
+    if span.add {
+        for (c, row) in acc.iter_mut().enumerate() {
+            for (r, a) in row.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(out(c, r));
+            }
+        }
+    }
+    for ci in span.ci.clone() {
+        let x_ci = x.add(ci * kn.channel_stride + span.x);
         let w_ci = w.add(co * w_stride + ci * nt);
         for (t, &off) in taps.iter().enumerate() {
             let xs = x_ci.add(off);
@@ -862,7 +920,7 @@ unsafe fn forward_block<const C: usize, const R: usize>(
     }
     for (c, row) in acc.iter().enumerate() {
         for (r, a) in row.iter().enumerate() {
-            _mm512_storeu_ps(yq.add((co + c) * kn.plan.q + q0 + r * V), *a);
+            _mm512_storeu_ps(out(c, r), *a);
         }
     }
     C

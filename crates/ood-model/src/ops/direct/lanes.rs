@@ -1,0 +1,287 @@
+//! The grid convolutions on sixteen images at once, one image per vector lane.
+//!
+//! The grid of [`super`] holds sixteen positions of one image in a vector. Its loads start
+//! wherever a tap lands, so most of them straddle two cache lines, and it computes the padding
+//! columns too: 8% of its positions at 28x28, 14% at 14x14, 31% at 7x7. Here a vector holds
+//! one position of sixteen images. The planes and the taps are those of the grid ([`Planes`],
+//! [`Plan`]) with every value widened to a vector of sixteen, so the same micro-kernel runs on
+//! both, its loads all aligned, and only the kept positions are computed: tiles of up to four
+//! positions along each output line, in passes over the input channels (16 at a time) that
+//! keep a tile's input in the L1 cache and the pass's partial sums in the L2.
+//!
+//! The price is a 16 x 16 transpose on the way in (images to lanes) and on the way out. The
+//! sums run in the grid's order, so both routes give the same values to the bit.
+
+use super::*;
+
+/// Images per group: one per lane.
+pub(in crate::ops) const GROUP: usize = V;
+
+/// Input channels summed per pass over a tile: what the tile reads of them (three lines of six
+/// vectors per channel at stride 1) stays in the L1 cache while every output channel block
+/// reads it; the partial sums go to the output and are read back for the next channels.
+const CI_CHUNK: usize = 16;
+
+/// What the partial sums of one pass of tiles over the input channels may take: a quarter of
+/// the L2 cache. Each chunk of input channels reads its weights once per pass rather than once
+/// per tile: at 7x7 with 256 channels they are 2.4 MB, more than the L2 holds, and reading
+/// them for every tile held the kernel to 60% of its speed with them read once per pass.
+const PASS_BYTES: usize = 512 << 10;
+
+/// Tiles per pass over the input channels (see [`PASS_BYTES`]).
+fn tiles_per_pass(cout: usize) -> usize {
+    (PASS_BYTES / (cout * QR * V * std::mem::size_of::<f32>())).max(1)
+}
+
+/// Transposes a 16 x 16 block of values in registers: `rows[j][i]` becomes `rows[i][j]`.
+#[inline(always)]
+unsafe fn transpose(rows: &mut [__m512; 16]) {
+    let r = rows;
+    let mut t = [_mm512_setzero_ps(); 16];
+    // Pairs of values, then pairs of pairs, then 128-bit quarters twice over.
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for k in 0..4 {
+        r[4 * k] = _mm512_shuffle_ps::<0x44>(t[4 * k], t[4 * k + 2]);
+        r[4 * k + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * k], t[4 * k + 2]);
+        r[4 * k + 2] = _mm512_shuffle_ps::<0x44>(t[4 * k + 1], t[4 * k + 3]);
+        r[4 * k + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * k + 1], t[4 * k + 3]);
+    }
+    for k in 0..2 {
+        for j in 0..4 {
+            t[8 * k + j] = _mm512_shuffle_f32x4::<0x88>(r[8 * k + j], r[8 * k + 4 + j]);
+            t[8 * k + 4 + j] = _mm512_shuffle_f32x4::<0xDD>(r[8 * k + j], r[8 * k + 4 + j]);
+        }
+    }
+    for j in 0..8 {
+        r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[8 + j]);
+        r[8 + j] = _mm512_shuffle_f32x4::<0xDD>(t[j], t[8 + j]);
+    }
+}
+
+impl Planes {
+    /// Lays sixteen images `(GROUP, channels, h, w)` out as the planes of [`Planes::fill`] with
+    /// each value widened to the vector of the sixteen images' values, zeros around.
+    /// `out` must hold zeros in the padding: it is not written (see [`zeroed`]).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fill_lanes(&self, x: &[f32], out: &mut [f32]) {
+        let image = self.channels * self.h * self.w;
+        assert!(x.len() == GROUP * image && out.len() == self.len() * V);
+        let (x, o) = (x.as_ptr(), out.as_mut_ptr());
+        let mut rows = [_mm512_setzero_ps(); 16];
+        for c in 0..self.channels {
+            let dst = o.add(c * self.channel_stride() * V);
+            for y in 0..self.h {
+                for x0 in (0..self.w).step_by(V) {
+                    let n = (self.w - x0).min(V);
+                    let src = x.add((c * self.h + y) * self.w + x0);
+                    for (i, row) in rows.iter_mut().enumerate() {
+                        *row = _mm512_maskz_loadu_ps(first_lanes(n), src.add(i * image));
+                    }
+                    transpose(&mut rows);
+                    for (j, row) in rows.iter().take(n).enumerate() {
+                        _mm512_store_ps(dst.add(self.at(y, x0 + j) * V), *row);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// This plan with its taps widened to vectors (see the module's documentation).
+    fn widened(&self) -> Self {
+        Self {
+            taps: self.taps.iter().map(|t| t * V).collect(),
+            ..self.clone()
+        }
+    }
+
+    /// Runs the forward micro-kernel over the kept positions, `(cout, ho, wo)` vectors of
+    /// `y`: `kn.plan` is widened and `x` is laid out by [`Planes::fill_lanes`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn forward_lanes(&self, kn: &Kernel, x: &[f32], w: &[f32], y: &mut [f32]) {
+        let (ho, wo) = (self.ho, self.wo);
+        assert!(y.len() >= kn.cout * ho * wo * V);
+        debug_assert!(kn.plan.taps.iter().all(|&t| {
+            (kn.cin - 1) * kn.channel_stride + t + ((ho - 1) * self.row + wo) * V <= x.len()
+        }));
+        let tiles: Vec<(usize, usize)> = (0..ho)
+            .flat_map(|oy| (0..wo).step_by(QR).map(move |ox| (oy, ox)))
+            .collect();
+        for batch in tiles.chunks(tiles_per_pass(kn.cout)) {
+            for ci in (0..kn.cin).step_by(CI_CHUNK) {
+                for &(oy, ox) in batch {
+                    let span = Span {
+                        x: (oy * self.row + ox) * V,
+                        y: (oy * wo + ox) * V,
+                        y_stride: ho * wo * V,
+                        ci: ci..(ci + CI_CHUNK).min(kn.cin),
+                        add: ci > 0,
+                    };
+                    forward_tile(kn, x, w, wo - ox, &span, y);
+                }
+            }
+        }
+    }
+
+    /// Writes the kept positions of `grid (channels, ho, wo)` vectors, image by image, into
+    /// `out (GROUP, ...)`: line `oy` of channel `c` of image `i` starts at
+    /// `i * out.len() / GROUP + line(c, oy)` and is `width` values long; position `ox` goes to
+    /// its column `ox`, or to column `2 * ox + px` for `parity` `Some(px)` (a phase of a
+    /// stride-2 input gradient, whose other columns are left as they are). Through `epilogue`
+    /// when given.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn spill_lanes(
+        &self,
+        grid: &[f32],
+        channels: usize,
+        out: &mut [MaybeUninit<f32>],
+        (line, width): (impl Fn(usize, usize) -> usize, usize),
+        parity: Option<usize>,
+        epilogue: Option<&Epilogue>,
+    ) {
+        let image = out.len() / GROUP;
+        let (ho, wo) = (self.ho, self.wo);
+        assert!(grid.len() >= channels * ho * wo * V);
+        let mut rows = [_mm512_setzero_ps(); 16];
+        for c in 0..channels {
+            let (shift, floor) = match epilogue {
+                Some(e) => (e.shift[c], if e.relu { 0.0 } else { f32::NEG_INFINITY }),
+                None => (0.0, f32::NEG_INFINITY),
+            };
+            // max(v, -inf) is v: one code path with or without the ReLU, as in `shift_row`.
+            let (shift, floor) = (_mm512_set1_ps(shift), _mm512_set1_ps(floor));
+            for oy in 0..ho {
+                let start = line(c, oy);
+                for ox in (0..wo).step_by(V) {
+                    let n = (wo - ox).min(V);
+                    let src = grid.as_ptr().add(((c * ho + oy) * wo + ox) * V);
+                    for (j, row) in rows.iter_mut().enumerate() {
+                        *row = if j < n {
+                            _mm512_load_ps(src.add(j * V))
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                    }
+                    transpose(&mut rows);
+                    for (i, row) in rows.iter().enumerate() {
+                        let v = _mm512_max_ps(_mm512_add_ps(*row, shift), floor);
+                        let dst = &mut out[i * image + start..i * image + start + width];
+                        match parity {
+                            None => {
+                                let at = dst[ox..ox + n].as_mut_ptr().cast::<f32>();
+                                _mm512_mask_storeu_ps(at, first_lanes(n), v);
+                            }
+                            Some(px) => {
+                                let mut values = [0f32; V];
+                                _mm512_storeu_ps(values.as_mut_ptr(), v);
+                                let columns = 2 * ox..(2 * (ox + n)).min(width);
+                                interleave_row(&mut dst[columns], px, &values[..n]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Convolves sixteen images `x (GROUP, cin, h, w)` with `w (cout, cin, k, k)` into
+/// `y (GROUP, cout, ho, wo)`, writing every value of `y`: [`forward_image`] on each of them.
+pub(in crate::ops) fn forward_group(
+    conv: &Conv,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    s: &mut Scratch,
+    epilogue: Option<&Epilogue>,
+) {
+    assert!(available(), "direct convolution called without AVX-512");
+    let p = &conv.plan;
+    assert_eq!(
+        w.len(),
+        conv.cout * conv.cin * p.taps.len(),
+        "direct weights"
+    );
+    assert_eq!(
+        y.len(),
+        GROUP * conv.cout * p.ho * p.wo,
+        "direct group output"
+    );
+    let len = conv.planes.len() * V;
+    let input = zeroed(
+        &mut s.input,
+        &mut s.input_layout,
+        Layout::Lanes(conv.planes),
+        len,
+    );
+    // SAFETY (all three calls): AVX-512 is present (asserted above); the planes hold every tap
+    // of every kept position (`Conv::new`), widened as the taps are.
+    unsafe { conv.planes.fill_lanes(x, input) };
+    let wide = p.widened();
+    let kernel = Kernel {
+        cin: conv.cin,
+        cout: conv.cout,
+        channel_stride: conv.planes.channel_stride() * V,
+        plan: &wide,
+    };
+    let grid = overwritten(&mut s.grid, &mut s.grid_layout, conv.cout * p.ho * p.wo * V);
+    unsafe { p.forward_lanes(&kernel, aligned(&s.input, len), w, grid) };
+    let (ho, wo) = (p.ho, p.wo);
+    let line = (|c, oy| (c * ho + oy) * wo, wo);
+    unsafe { p.spill_lanes(grid, conv.cout, y, line, None, epilogue) };
+}
+
+/// The input gradients `dx (GROUP, cin, h, w)` of sixteen images from their output gradients
+/// `dy (GROUP, cout, ho, wo)`, writing every value of `dx`: [`input_gradient_image`] on each.
+pub(in crate::ops) fn input_gradient_group(
+    g: &InputGrad,
+    dy: &[f32],
+    weights: &[Vec<f32>],
+    dx: &mut [MaybeUninit<f32>],
+    s: &mut Scratch,
+) {
+    assert!(available(), "direct convolution called without AVX-512");
+    assert_eq!(
+        dx.len(),
+        GROUP * g.cin * g.h * g.w,
+        "direct group input gradient"
+    );
+    let len = g.planes.len() * V;
+    let input = zeroed(
+        &mut s.input,
+        &mut s.input_layout,
+        Layout::Lanes(g.planes),
+        len,
+    );
+    // SAFETY (this call and those below): AVX-512 is present (asserted above).
+    unsafe { g.planes.fill_lanes(dy, input) };
+    if g.phases.iter().any(|ph| ph.plan.taps.is_empty()) {
+        dx.fill(MaybeUninit::new(0.0));
+    }
+    let (h, w) = (g.h, g.w);
+    for (ph, wt) in g.phases.iter().zip(weights) {
+        let p = &ph.plan;
+        if p.taps.is_empty() {
+            continue;
+        }
+        let wide = p.widened();
+        let kernel = Kernel {
+            cin: g.cout,
+            cout: g.cin,
+            channel_stride: g.planes.channel_stride() * V,
+            plan: &wide,
+        };
+        let grid = overwritten(&mut s.grid, &mut s.grid_layout, g.cin * p.ho * p.wo * V);
+        // SAFETY: every tap of every kept position of every phase is inside the padded
+        // gradient's planes (`InputGrad::new` sized them).
+        unsafe { p.forward_lanes(&kernel, aligned(&s.input, len), wt, grid) };
+        let (s_, py) = (g.stride, ph.py);
+        let line = (|c, a| (c * h + s_ * a + py) * w, w);
+        let parity = (g.stride == 2).then_some(ph.px);
+        unsafe { p.spill_lanes(grid, g.cin, dx, line, parity, None) };
+    }
+}
