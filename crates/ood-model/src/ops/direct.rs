@@ -29,7 +29,7 @@ use super::as_uninit;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
 #[cfg(target_arch = "x86_64")]
-pub(super) use lanes::{forward_group, input_gradient_group, GROUP};
+pub(super) use lanes::{filter_gradient_group, forward_group, input_gradient_group, GROUP};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -610,18 +610,29 @@ pub(super) fn filter_gradient_images(
         channel_stride: conv.planes.channel_stride(),
         plan: p,
     };
-    // SAFETY: AVX-512 is present (asserted above); input holds m images of planes, grid m images
-    // of cout rows of q, dw cout x cin x taps values.
     #[cfg(target_arch = "x86_64")]
-    unsafe {
-        filter_grid(
-            &kernel,
-            aligned(&s.input, m * image_in),
-            aligned(&s.grid, m * image_out),
-            m,
-            dw,
-        )
-    };
+    {
+        // The whole grid of each image, as one line.
+        let sweep = Sweep {
+            images: m,
+            lines: 1,
+            per_line: p.q / V,
+            x_image: image_in,
+            x_line: 0,
+            dy_image: image_out,
+            dy_line: 0,
+            dy_channel: p.q,
+        };
+        // SAFETY: AVX-512 is present (asserted above); input holds m images of planes, grid m
+        // images of cout rows of q, dw cout x cin x taps values.
+        unsafe {
+            let (x, dy) = (
+                aligned(&s.input, m * image_in),
+                aligned(&s.grid, m * image_out),
+            );
+            filter_sweep(&kernel, x, dy, &sweep, dw)
+        };
+    }
 }
 
 /// One phase `(py, px)` of an input gradient: its taps and where its positions land.
@@ -926,10 +937,27 @@ unsafe fn forward_block<const C: usize, const R: usize>(
     C
 }
 
-/// `dw[co, ci, t] += Σ_images Σ_q dyq[co, q] · x[ci * channel_stride + taps[t] + q]`.
+/// The positions a weight gradient sums over: `images` of `lines` lines of `per_line` vectors,
+/// each line's vectors consecutive in the input planes and in the output gradient; from one
+/// image, line or output channel to the next the planes move on by `x_image` and `x_line`, the
+/// gradient by `dy_image`, `dy_line` and `dy_channel` values.
+#[cfg(target_arch = "x86_64")]
+struct Sweep {
+    images: usize,
+    lines: usize,
+    per_line: usize,
+    x_image: usize,
+    x_line: usize,
+    dy_image: usize,
+    dy_line: usize,
+    dy_channel: usize,
+}
+
+/// `dw[co, ci, t] += Σ_positions dy[co, position] · x[ci * channel_stride + taps[t] + position]`
+/// over the positions of `sweep`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn filter_grid(kn: &Kernel, x: &[f32], dyq: &[f32], m: usize, dw: &mut [f32]) {
+unsafe fn filter_sweep(kn: &Kernel, x: &[f32], dy: &[f32], sweep: &Sweep, dw: &mut [f32]) {
     let nt = kn.plan.taps.len();
     let taps = kn.cin * nt;
     debug_assert!(dw.len() >= kn.cout * taps);
@@ -943,11 +971,12 @@ unsafe fn filter_grid(kn: &Kernel, x: &[f32], dyq: &[f32], m: usize, dw: &mut [f
         let mut t = 0;
         while t < taps {
             let wide = taps - t >= TR;
+            let at = (co, t);
             match (c == CR, wide) {
-                (true, true) => filter_block::<CR, TR>(kn, x, dyq, m, &offsets, co, t, dw),
-                (true, false) => filter_block::<CR, 1>(kn, x, dyq, m, &offsets, co, t, dw),
-                (false, true) => filter_block::<1, TR>(kn, x, dyq, m, &offsets, co, t, dw),
-                (false, false) => filter_block::<1, 1>(kn, x, dyq, m, &offsets, co, t, dw),
+                (true, true) => filter_block::<CR, TR>(kn, x, dy, sweep, &offsets, at, dw),
+                (true, false) => filter_block::<CR, 1>(kn, x, dy, sweep, &offsets, at, dw),
+                (false, true) => filter_block::<1, TR>(kn, x, dy, sweep, &offsets, at, dw),
+                (false, false) => filter_block::<1, 1>(kn, x, dy, sweep, &offsets, at, dw),
             }
             t += if wide { TR } else { 1 };
         }
@@ -955,41 +984,42 @@ unsafe fn filter_grid(kn: &Kernel, x: &[f32], dyq: &[f32], m: usize, dw: &mut [f
     }
 }
 
-/// `dw[co..co + C, taps t0..t0 + T]`, summed over the `m` images.
+/// `dw[co..co + C, taps t0..t0 + T]` for `(co, t0)`, summed over the positions of `sweep`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn filter_block<const C: usize, const T: usize>(
     kn: &Kernel,
     x: &[f32],
-    dyq: &[f32],
-    m: usize,
+    dy: &[f32],
+    sweep: &Sweep,
     offsets: &[usize],
-    co: usize,
-    t0: usize,
+    (co, t0): (usize, usize),
     dw: &mut [f32],
 ) {
-    let q = kn.plan.q;
-    let image_in = kn.cin * kn.channel_stride;
     let mut acc = [[_mm512_setzero_ps(); T]; C];
-    for i in 0..m {
-        let x_img = x.as_ptr().add(i * image_in);
-        let dy_img = dyq.as_ptr().add((i * kn.cout + co) * q);
-        let mut x_taps = [x_img; T];
-        for (t, p) in x_taps.iter_mut().enumerate() {
-            *p = x_img.add(offsets[t0 + t]);
-        }
-        for q0 in (0..q).step_by(V) {
-            // The gradients first and one tap at a time: C x T accumulators, C gradients and
-            // one input vector fit the 32 registers without spilling.
-            let mut d = [_mm512_setzero_ps(); C];
-            for (c, v) in d.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(dy_img.add(c * q + q0));
+    for i in 0..sweep.images {
+        for line in 0..sweep.lines {
+            let x_line = x.as_ptr().add(i * sweep.x_image + line * sweep.x_line);
+            let dy_line = dy
+                .as_ptr()
+                .add(i * sweep.dy_image + co * sweep.dy_channel + line * sweep.dy_line);
+            let mut x_taps = [x_line; T];
+            for (t, p) in x_taps.iter_mut().enumerate() {
+                *p = x_line.add(offsets[t0 + t]);
             }
-            for (t, p) in x_taps.iter().enumerate() {
-                let xt = _mm512_loadu_ps(p.add(q0));
-                for (row, &dc) in acc.iter_mut().zip(&d) {
-                    row[t] = _mm512_fmadd_ps(dc, xt, row[t]);
+            for j in 0..sweep.per_line {
+                let q = j * V;
+                // The gradients first and one tap at a time: C x T accumulators, C gradients
+                // and one input vector fit the 32 registers without spilling.
+                let mut d = [_mm512_setzero_ps(); C];
+                for (c, v) in d.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(dy_line.add(c * sweep.dy_channel + q));
+                }
+                for (t, p) in x_taps.iter().enumerate() {
+                    let xt = _mm512_loadu_ps(p.add(q));
+                    for (row, &dc) in acc.iter_mut().zip(&d) {
+                        row[t] = _mm512_fmadd_ps(dc, xt, row[t]);
+                    }
                 }
             }
         }

@@ -1,16 +1,22 @@
-//! The grid convolutions on sixteen images at once, one image per vector lane.
+//! The grid convolutions on sixteen images at once, one image per vector lane: forward, input
+//! gradient and weight gradient.
 //!
 //! The grid of [`super`] holds sixteen positions of one image in a vector. Its loads start
 //! wherever a tap lands, so most of them straddle two cache lines, and it computes the padding
 //! columns too: 8% of its positions at 28x28, 14% at 14x14, 31% at 7x7. Here a vector holds
 //! one position of sixteen images. The planes and the taps are those of the grid ([`Planes`],
-//! [`Plan`]) with every value widened to a vector of sixteen, so the same micro-kernel runs on
-//! both, its loads all aligned, and only the kept positions are computed: tiles of up to four
-//! positions along each output line, in passes over the input channels (16 at a time) that
-//! keep a tile's input in the L1 cache and the pass's partial sums in the L2.
+//! [`Plan`]) with every value widened to a vector of sixteen, so the same micro-kernels run on
+//! both, their loads all aligned, and only the kept positions are computed.
 //!
-//! The price is a 16 x 16 transpose on the way in (images to lanes) and on the way out. The
-//! sums run in the grid's order, so both routes give the same values to the bit.
+//! * Forward and input gradient: tiles of up to four positions along each output line, in
+//!   passes over the input channels (16 at a time) that keep a tile's input in the L1 cache
+//!   and the pass's partial sums in the L2. The sums run in the grid's order, so both routes
+//!   give the same values to the bit.
+//! * Weight gradient: the grid's kernel swept over the kept positions, line by line; each
+//!   accumulator sums sixteen images in its lanes before they are added up, so the result
+//!   equals the grid's to rounding, not to the bit.
+//!
+//! The price is a 16 x 16 transpose on the way in (images to lanes) and on the way out.
 
 use super::*;
 
@@ -284,4 +290,64 @@ pub(in crate::ops) fn input_gradient_group(
         let parity = (g.stride == 2).then_some(ph.px);
         unsafe { p.spill_lanes(grid, g.cin, dx, line, parity, None) };
     }
+}
+
+/// Adds to `dw (cout, cin, k, k)` the weight gradient of sixteen images `x (GROUP, cin, h, w)`
+/// whose output gradients are `dy (GROUP, cout, ho, wo)`: [`filter_gradient_images`] on them,
+/// over the kept positions only (the grid's gradient is zero on the others).
+pub(in crate::ops) fn filter_gradient_group(
+    conv: &Conv,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    s: &mut Scratch,
+) {
+    assert!(available(), "direct convolution called without AVX-512");
+    let p = &conv.plan;
+    assert_eq!(
+        dw.len(),
+        conv.cout * conv.cin * p.taps.len(),
+        "direct weight gradient"
+    );
+    let in_len = conv.planes.len() * V;
+    let input = zeroed(
+        &mut s.input,
+        &mut s.input_layout,
+        Layout::Lanes(conv.planes),
+        in_len,
+    );
+    // SAFETY (all three calls): AVX-512 is present (asserted above).
+    unsafe { conv.planes.fill_lanes(x, input) };
+    // The output gradient as planes without padding: line `oy` of a channel at `oy * wo`.
+    let gradient = Planes::with_row((conv.cout, p.ho, p.wo), 0, 1, p.wo, 0);
+    let out_len = gradient.len() * V;
+    let grid = zeroed(
+        &mut s.grid,
+        &mut s.grid_layout,
+        Layout::Lanes(gradient),
+        out_len,
+    );
+    unsafe { gradient.fill_lanes(dy, grid) };
+    let wide = p.widened();
+    let kernel = Kernel {
+        cin: conv.cin,
+        cout: conv.cout,
+        channel_stride: conv.planes.channel_stride() * V,
+        plan: &wide,
+    };
+    let sweep = Sweep {
+        images: 1,
+        lines: p.ho,
+        per_line: p.wo,
+        x_image: 0,
+        x_line: p.row * V,
+        dy_image: 0,
+        dy_line: p.wo * V,
+        dy_channel: gradient.channel_stride() * V,
+    };
+    // SAFETY: every tap of every kept position is inside the input's planes (`Conv::new`).
+    unsafe {
+        let (x, dy) = (aligned(&s.input, in_len), aligned(&s.grid, out_len));
+        filter_sweep(&kernel, x, dy, &sweep, dw)
+    };
 }
