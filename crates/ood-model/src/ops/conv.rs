@@ -241,13 +241,13 @@ where
 }
 
 /// Runs `work(first_image, batch, scratch)` for the direct kernels over `out`, the outputs of
-/// `n` images of `per_image` values each: groups of [`direct::GROUP`] images (one per vector
-/// lane, see `direct::lanes`) while they last, then single images, spread over the pool.
-fn for_each_direct_batch<F>(out: &mut [MaybeUninit<f32>], per_image: usize, n: usize, work: F)
+/// images of `per_image` values each: groups of `group` images (see [`direct_group`]) while
+/// they last, then single images, spread over the pool.
+fn for_each_direct_batch<F>(out: &mut [MaybeUninit<f32>], per_image: usize, group: usize, work: F)
 where
     F: Fn(usize, &mut [MaybeUninit<f32>], &mut direct::Scratch) + Sync,
 {
-    let group = direct_group(n);
+    let n = out.len() / per_image;
     let grouped = n / group * group;
     let (groups, singles) = out.split_at_mut(grouped * per_image);
     let batches: Vec<_> = groups
@@ -275,18 +275,21 @@ where
     }
 }
 
-/// Images per call of the direct kernels: a group of sixteen where there are that many (and
-/// the lanes route is not held off by a test), else one.
-fn direct_group(n: usize) -> usize {
+/// Images per call of the direct kernels: a group of sixteen (one per vector lane, see
+/// `direct::lanes`) where there are that many and the kernel sums over at least `least` of
+/// `channels` (the lanes' measured break-even), else one.
+fn direct_group(n: usize, channels: usize, least: usize) -> usize {
     #[cfg(test)]
-    if PER_IMAGE_ONLY.with(|c| c.get()) {
-        return 1;
+    match GROUPS.with(|c| c.get()) {
+        Groups::Measured => {}
+        Groups::Always if n >= 16 => return 16,
+        _ => return 1,
     }
     #[cfg(target_arch = "x86_64")]
-    if n >= direct::GROUP {
+    if n >= direct::GROUP && channels >= least {
         return direct::GROUP;
     }
-    let _ = n;
+    let _ = (n, channels, least);
     1
 }
 
@@ -338,11 +341,20 @@ thread_local! {
     static IM2COL_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Which images the direct kernels take in groups, for tests: where the lanes pay (the
+/// default), wherever there are sixteen, or nowhere.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Groups {
+    Measured,
+    Always,
+    Never,
+}
+
 #[cfg(test)]
 thread_local! {
-    /// Set by tests to hold the direct kernels to one image at a time, to compare the groups of
-    /// sixteen with them.
-    static PER_IMAGE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set by tests to compare the groups of sixteen with one image at a time.
+    static GROUPS: std::cell::Cell<Groups> = const { std::cell::Cell::new(Groups::Measured) };
 }
 
 /// Whether the direct kernels may run (decided on the calling thread, before any work is
@@ -366,7 +378,8 @@ fn conv_forward(
         // Every value written: each group's output by `forward_group`, each image's by
         // `forward_image`.
         return super::written_vec(g.n * out_len, |y| {
-            for_each_direct_batch(y, out_len, g.n, |first, batch, s| {
+            let group = direct_group(g.n, g.cin, direct::LANES_LEAST_CHANNELS);
+            for_each_direct_batch(y, out_len, group, |first, batch, s| {
                 let x = &x[first * in_len..first * in_len + batch.len() / out_len * in_len];
                 if batch.len() == out_len {
                     direct::forward_image(&conv, x, w, batch, s, epilogue)
@@ -421,7 +434,8 @@ fn conv_backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
         // Every value written: each group's gradient by `input_gradient_group`, each image's
         // by `input_gradient_image`.
         return super::written_vec(g.n * in_len, |dx| {
-            for_each_direct_batch(dx, in_len, g.n, |first, batch, s| {
+            let group = direct_group(g.n, g.cout, direct::LANES_LEAST_CHANNELS);
+            for_each_direct_batch(dx, in_len, group, |first, batch, s| {
                 let dy = &dy[first * out_len..first * out_len + batch.len() / in_len * out_len];
                 if batch.len() == in_len {
                     direct::input_gradient_image(&grad, dy, &weights, batch, s)
@@ -472,7 +486,7 @@ fn conv_backward_filter(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let (howo, kk) = (g.out_pixels(), g.col_rows());
     let conv = g.direct();
     // Decided here, on the calling thread (see `direct_allowed`).
-    let group = direct_group(g.n);
+    let group = direct_group(g.n, g.cin, direct::LANES_LEAST_FILTER_CHANNELS);
     let accumulate_chunk = |images: std::ops::Range<usize>, parallel: bool| {
         let mut dw = vec![0f32; g.cout * kk];
         if let Some(conv) = &conv {
@@ -1198,10 +1212,11 @@ mod tests {
                     conv_backward_filter(&x, &dy, &g),
                 )
             };
+            GROUPS.with(|c| c.set(Groups::Always));
             let grouped = run();
-            PER_IMAGE_ONLY.with(|c| c.set(true));
+            GROUPS.with(|c| c.set(Groups::Never));
             let single = run();
-            PER_IMAGE_ONLY.with(|c| c.set(false));
+            GROUPS.with(|c| c.set(Groups::Measured));
             assert!(grouped.0 == single.0, "{what}: forward");
             assert!(grouped.1 == single.1, "{what}: forward with its epilogue");
             assert!(grouped.2 == single.2, "{what}: input gradient");

@@ -43,6 +43,18 @@ const CR: usize = 4;
 /// Taps `(ci, ki, kj)` per weight-gradient tile.
 const TR: usize = 6;
 
+/// The fewest input channels a forward must sum over (output channels, for an input gradient)
+/// for sixteen images in the lanes (`lanes`) to beat one image at a time on the grid. Timed
+/// alone on one core, the lanes lost at 16 channels (1 -> 16 and 16 -> 16 at 28x28, 16 -> 32
+/// at stride 2: their transposes weigh more against fewer sums, and at 28x28 the grid wastes
+/// only 8% of its positions), matched the grid at 32 and 64 channels at 28x28 and 14x14, and
+/// were 1.15-1.5x faster from 128 channels and at 7x7.
+pub(in crate::ops) const LANES_LEAST_CHANNELS: usize = 32;
+
+/// The same for the weight gradient, over its input channels: the lanes were 1.1-1.9x faster
+/// from 16 channels on, and slower only for the first layer's single channel.
+pub(in crate::ops) const LANES_LEAST_FILTER_CHANNELS: usize = 16;
+
 /// Whether the CPU has AVX-512 (checked once; the result is cached by std).
 pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
