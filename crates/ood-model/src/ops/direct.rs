@@ -984,24 +984,38 @@ unsafe fn filter_sweep(kn: &Kernel, x: &[f32], dy: &[f32], sweep: &Sweep, dw: &m
     let offsets: Vec<usize> = (0..taps)
         .map(|t| (t / nt) * kn.channel_stride + kn.plan.taps[t % nt])
         .collect();
-    let mut co = 0;
-    while co < kn.cout {
-        let c = if co + CR <= kn.cout { CR } else { 1 };
-        let mut t = 0;
-        while t < taps {
-            let wide = taps - t >= TR;
-            let at = (co, t);
-            match (c == CR, wide) {
-                (true, true) => filter_block::<CR, TR>(kn, x, dy, sweep, &offsets, at, dw),
-                (true, false) => filter_block::<CR, 1>(kn, x, dy, sweep, &offsets, at, dw),
-                (false, true) => filter_block::<1, TR>(kn, x, dy, sweep, &offsets, at, dw),
-                (false, false) => filter_block::<1, 1>(kn, x, dy, sweep, &offsets, at, dw),
+    // Taps in ranges of whole input channels whose input, over all the sweep's positions,
+    // stays in the L2 cache while every block of output channels reads it. Read whole for each
+    // block, the input of a 64 -> 128 convolution at stride 2 (3.9 MB for sixteen images) came
+    // from the L3 cache 32 times over.
+    let channel_bytes = kn.channel_stride * sweep.images.max(1) * std::mem::size_of::<f32>();
+    let range = (FILTER_PASS_BYTES / channel_bytes).max(1) * nt;
+    for first in (0..taps).step_by(range) {
+        let end = (first + range).min(taps);
+        let mut co = 0;
+        while co < kn.cout {
+            let c = if co + CR <= kn.cout { CR } else { 1 };
+            let mut t = first;
+            while t < end {
+                let wide = end - t >= TR;
+                let at = (co, t);
+                match (c == CR, wide) {
+                    (true, true) => filter_block::<CR, TR>(kn, x, dy, sweep, &offsets, at, dw),
+                    (true, false) => filter_block::<CR, 1>(kn, x, dy, sweep, &offsets, at, dw),
+                    (false, true) => filter_block::<1, TR>(kn, x, dy, sweep, &offsets, at, dw),
+                    (false, false) => filter_block::<1, 1>(kn, x, dy, sweep, &offsets, at, dw),
+                }
+                t += if wide { TR } else { 1 };
             }
-            t += if wide { TR } else { 1 };
+            co += c;
         }
-        co += c;
     }
 }
+
+/// What the input read by one range of taps of the weight gradient may take: a quarter of the
+/// L2 cache.
+#[cfg(target_arch = "x86_64")]
+const FILTER_PASS_BYTES: usize = 512 << 10;
 
 /// `dw[co..co + C, taps t0..t0 + T]` for `(co, t0)`, summed over the positions of `sweep`.
 #[cfg(target_arch = "x86_64")]
