@@ -22,6 +22,10 @@
 //! others), and the per-thread buffers it lives in start on a cache line, so that the vector
 //! loads of the output gradient in the weight gradient never straddle two lines.
 //!
+//! Where a batch has sixteen images and a layer enough channels ([`LANES_LEAST_CHANNELS`]), the
+//! callers run the same planes and micro-kernels on sixteen images at once, one per vector lane
+//! (`lanes`): aligned loads, and no padding position computed.
+//!
 //! [`available`] says whether this CPU runs them; the callers fall back to im2col otherwise.
 
 use super::as_uninit;
