@@ -77,18 +77,24 @@ impl Planes {
         assert!(x.len() == GROUP * image && out.len() == self.len() * V);
         let (x, o) = (x.as_ptr(), out.as_mut_ptr());
         let mut rows = [_mm512_setzero_ps(); 16];
+        let hw = self.h * self.w;
         for c in 0..self.channels {
             let dst = o.add(c * self.channel_stride() * V);
-            for y in 0..self.h {
-                for x0 in (0..self.w).step_by(V) {
-                    let n = (self.w - x0).min(V);
-                    let src = x.add((c * self.h + y) * self.w + x0);
-                    for (i, row) in rows.iter_mut().enumerate() {
-                        *row = _mm512_maskz_loadu_ps(first_lanes(n), src.add(i * image));
-                    }
-                    transpose(&mut rows);
-                    for (j, row) in rows.iter().take(n).enumerate() {
-                        _mm512_store_ps(dst.add(self.at(y, x0 + j) * V), *row);
+            // A channel's values in runs of sixteen across its lines (a 7x7 channel is four
+            // transposes, not seven), each value then stored where its `(y, x)` lands.
+            let (mut y, mut xi) = (0, 0);
+            for p0 in (0..hw).step_by(V) {
+                let n = (hw - p0).min(V);
+                let src = x.add(c * hw + p0);
+                for (i, row) in rows.iter_mut().enumerate() {
+                    *row = _mm512_maskz_loadu_ps(first_lanes(n), src.add(i * image));
+                }
+                transpose(&mut rows);
+                for row in rows.iter().take(n) {
+                    _mm512_store_ps(dst.add(self.at(y, xi) * V), *row);
+                    xi += 1;
+                    if xi == self.w {
+                        (y, xi) = (y + 1, 0);
                     }
                 }
             }
@@ -134,64 +140,92 @@ impl Plan {
     }
 
     /// Writes the kept positions of `grid (channels, ho, wo)` vectors, image by image, into
-    /// `out (GROUP, ...)`: line `oy` of channel `c` of image `i` starts at
-    /// `i * out.len() / GROUP + line(c, oy)` and is `width` values long; position `ox` goes to
-    /// its column `ox`, or to column `2 * ox + px` for `parity` `Some(px)` (a phase of a
-    /// stride-2 input gradient, whose other columns are left as they are). Through `epilogue`
-    /// when given.
+    /// `out (GROUP, channels, ho, wo)`, through `epilogue` when given.
     #[target_feature(enable = "avx512f")]
     unsafe fn spill_lanes(
         &self,
         grid: &[f32],
         channels: usize,
         out: &mut [MaybeUninit<f32>],
-        (line, width): (impl Fn(usize, usize) -> usize, usize),
-        parity: Option<usize>,
         epilogue: Option<&Epilogue>,
     ) {
-        let image = out.len() / GROUP;
-        let (ho, wo) = (self.ho, self.wo);
-        assert!(grid.len() >= channels * ho * wo * V);
+        let hw = self.ho * self.wo;
+        let image = channels * hw;
+        assert!(grid.len() >= image * V && out.len() == GROUP * image);
+        let o = out.as_mut_ptr().cast::<f32>();
         let mut rows = [_mm512_setzero_ps(); 16];
         for c in 0..channels {
-            let (shift, floor) = match epilogue {
-                Some(e) => (e.shift[c], if e.relu { 0.0 } else { f32::NEG_INFINITY }),
-                None => (0.0, f32::NEG_INFINITY),
-            };
-            // max(v, -inf) is v: one code path with or without the ReLU, as in `shift_row`.
-            let (shift, floor) = (_mm512_set1_ps(shift), _mm512_set1_ps(floor));
-            for oy in 0..ho {
-                let start = line(c, oy);
-                for ox in (0..wo).step_by(V) {
-                    let n = (wo - ox).min(V);
-                    let src = grid.as_ptr().add(((c * ho + oy) * wo + ox) * V);
-                    for (j, row) in rows.iter_mut().enumerate() {
-                        *row = if j < n {
-                            _mm512_load_ps(src.add(j * V))
-                        } else {
-                            _mm512_setzero_ps()
-                        };
-                    }
+            let (shift, floor) = lift(epilogue, c);
+            // A channel's positions are consecutive in the grid and in each image: runs of
+            // sixteen across lines.
+            for p0 in (0..hw).step_by(V) {
+                let n = (hw - p0).min(V);
+                load_positions(&mut rows, grid.as_ptr().add((c * hw + p0) * V), n);
+                transpose(&mut rows);
+                for (i, row) in rows.iter().enumerate() {
+                    let v = _mm512_max_ps(_mm512_add_ps(*row, shift), floor);
+                    _mm512_mask_storeu_ps(o.add(i * image + c * hw + p0), first_lanes(n), v);
+                }
+            }
+        }
+    }
+
+    /// Writes the kept positions of `grid (channels, ho, wo)` vectors, phase `(py, px)` of the
+    /// stride-2 input gradients `out (GROUP, channels, h, w)`: position `(a, b)` goes to line
+    /// `2a + py`, column `2b + px`; the other phases' values are left as they are.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn spill_phase(
+        &self,
+        grid: &[f32],
+        channels: usize,
+        out: &mut [MaybeUninit<f32>],
+        (h, w): (usize, usize),
+        (py, px): (usize, usize),
+    ) {
+        let image = channels * h * w;
+        let (ho, wo) = (self.ho, self.wo);
+        assert!(grid.len() >= channels * ho * wo * V && out.len() == GROUP * image);
+        let mut rows = [_mm512_setzero_ps(); 16];
+        let mut values = [0f32; V];
+        for c in 0..channels {
+            for a in 0..ho {
+                let line = (c * h + 2 * a + py) * w;
+                for b in (0..wo).step_by(V) {
+                    let n = (wo - b).min(V);
+                    load_positions(&mut rows, grid.as_ptr().add(((c * ho + a) * wo + b) * V), n);
                     transpose(&mut rows);
                     for (i, row) in rows.iter().enumerate() {
-                        let v = _mm512_max_ps(_mm512_add_ps(*row, shift), floor);
-                        let dst = &mut out[i * image + start..i * image + start + width];
-                        match parity {
-                            None => {
-                                let at = dst[ox..ox + n].as_mut_ptr().cast::<f32>();
-                                _mm512_mask_storeu_ps(at, first_lanes(n), v);
-                            }
-                            Some(px) => {
-                                let mut values = [0f32; V];
-                                _mm512_storeu_ps(values.as_mut_ptr(), v);
-                                let columns = 2 * ox..(2 * (ox + n)).min(width);
-                                interleave_row(&mut dst[columns], px, &values[..n]);
-                            }
-                        }
+                        _mm512_storeu_ps(values.as_mut_ptr(), *row);
+                        let columns = 2 * b..(2 * (b + n)).min(w);
+                        let dst = &mut out[i * image + line..][columns];
+                        interleave_row(dst, px, &values[..n]);
                     }
                 }
             }
         }
+    }
+}
+
+/// The shift and the floor that apply a channel's epilogue as `max(v + shift, floor)`: a
+/// floor of -inf where there is no ReLU (or no epilogue), one code path either way.
+#[inline(always)]
+unsafe fn lift(epilogue: Option<&Epilogue>, c: usize) -> (__m512, __m512) {
+    let (shift, floor) = match epilogue {
+        Some(e) => (e.shift[c], if e.relu { 0.0 } else { f32::NEG_INFINITY }),
+        None => (0.0, f32::NEG_INFINITY),
+    };
+    (_mm512_set1_ps(shift), _mm512_set1_ps(floor))
+}
+
+/// Loads `n` consecutive position vectors from `src` into `rows`, zeros after them.
+#[inline(always)]
+unsafe fn load_positions(rows: &mut [__m512; 16], src: *const f32, n: usize) {
+    for (j, row) in rows.iter_mut().enumerate() {
+        *row = if j < n {
+            _mm512_load_ps(src.add(j * V))
+        } else {
+            _mm512_setzero_ps()
+        };
     }
 }
 
@@ -236,9 +270,7 @@ pub(in crate::ops) fn forward_group(
     };
     let grid = overwritten(&mut s.grid, &mut s.grid_layout, conv.cout * p.ho * p.wo * V);
     unsafe { p.forward_lanes(&kernel, aligned(&s.input, len), w, grid) };
-    let (ho, wo) = (p.ho, p.wo);
-    let line = (|c, oy| (c * ho + oy) * wo, wo);
-    unsafe { p.spill_lanes(grid, conv.cout, y, line, None, epilogue) };
+    unsafe { p.spill_lanes(grid, conv.cout, y, epilogue) };
 }
 
 /// The input gradients `dx (GROUP, cin, h, w)` of sixteen images from their output gradients
@@ -268,7 +300,6 @@ pub(in crate::ops) fn input_gradient_group(
     if g.phases.iter().any(|ph| ph.plan.taps.is_empty()) {
         dx.fill(MaybeUninit::new(0.0));
     }
-    let (h, w) = (g.h, g.w);
     for (ph, wt) in g.phases.iter().zip(weights) {
         let p = &ph.plan;
         if p.taps.is_empty() {
@@ -285,10 +316,12 @@ pub(in crate::ops) fn input_gradient_group(
         // SAFETY: every tap of every kept position of every phase is inside the padded
         // gradient's planes (`InputGrad::new` sized them).
         unsafe { p.forward_lanes(&kernel, aligned(&s.input, len), wt, grid) };
-        let (s_, py) = (g.stride, ph.py);
-        let line = (|c, a| (c * h + s_ * a + py) * w, w);
-        let parity = (g.stride == 2).then_some(ph.px);
-        unsafe { p.spill_lanes(grid, g.cin, dx, line, parity, None) };
+        if g.stride == 1 {
+            unsafe { p.spill_lanes(grid, g.cin, dx, None) };
+        } else {
+            debug_assert_eq!(g.stride, 2);
+            unsafe { p.spill_phase(grid, g.cin, dx, (g.h, g.w), (ph.py, ph.px)) };
+        }
     }
 }
 
