@@ -261,18 +261,28 @@ where
                 .map(|(i, image)| (grouped + i, image)),
         )
         .collect();
+    let run =
+        |(first, batch): (usize, &mut [MaybeUninit<f32>])| with_scratch(|s| work(first, batch, s));
     if images_in_parallel(batches.len()) {
-        batches
-            .into_par_iter()
-            .for_each_init(direct::Scratch::default, |s, (first, batch)| {
-                work(first, batch, s)
-            });
+        batches.into_par_iter().for_each(run);
     } else {
-        let mut s = direct::Scratch::default();
-        batches
-            .into_iter()
-            .for_each(|(first, batch)| work(first, batch, &mut s));
+        batches.into_iter().for_each(run);
     }
+}
+
+thread_local! {
+    /// Each thread's buffers for the direct kernels, kept from call to call: allocated anew
+    /// for every call, they were zeroed and page-faulted anew (3-4% of a W=64 training step).
+    static SCRATCH: std::cell::RefCell<direct::Scratch> = Default::default();
+}
+
+/// Runs `f` with this thread's [`SCRATCH`] (or fresh buffers, should `f` ever run inside
+/// another call of this on the same thread).
+fn with_scratch<R>(f: impl FnOnce(&mut direct::Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut direct::Scratch::default()),
+    })
 }
 
 /// Images per call of the direct kernels: a group of sixteen (one per vector lane, see
@@ -491,35 +501,36 @@ fn conv_backward_filter(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
         let mut dw = vec![0f32; g.cout * kk];
         if let Some(conv) = &conv {
             let (in_len, out_len) = (g.cin * g.in_pixels(), g.cout * howo);
-            let mut s = direct::Scratch::default();
-            // Groups of sixteen images while they last (see `direct_group`), then the rest in
-            // chunks on the grid.
-            let grouped = match group {
-                1 => images.start,
-                _ => images.start + images.len() / group * group,
-            };
-            for start in (images.start..grouped).step_by(group) {
-                let end = start + group;
-                #[cfg(target_arch = "x86_64")]
-                direct::filter_gradient_group(
-                    conv,
-                    &x[start * in_len..end * in_len],
-                    &dy[start * out_len..end * out_len],
-                    &mut dw,
-                    &mut s,
-                );
-            }
-            let step = direct::filter_chunk(conv);
-            for start in (grouped..images.end).step_by(step) {
-                let end = (start + step).min(images.end);
-                direct::filter_gradient_images(
-                    conv,
-                    &x[start * in_len..end * in_len],
-                    &dy[start * out_len..end * out_len],
-                    &mut dw,
-                    &mut s,
-                );
-            }
+            with_scratch(|s| {
+                // Groups of sixteen images while they last (see `direct_group`), then the rest in
+                // chunks on the grid.
+                let grouped = match group {
+                    1 => images.start,
+                    _ => images.start + images.len() / group * group,
+                };
+                for start in (images.start..grouped).step_by(group) {
+                    let end = start + group;
+                    #[cfg(target_arch = "x86_64")]
+                    direct::filter_gradient_group(
+                        conv,
+                        &x[start * in_len..end * in_len],
+                        &dy[start * out_len..end * out_len],
+                        &mut dw,
+                        s,
+                    );
+                }
+                let step = direct::filter_chunk(conv);
+                for start in (grouped..images.end).step_by(step) {
+                    let end = (start + step).min(images.end);
+                    direct::filter_gradient_images(
+                        conv,
+                        &x[start * in_len..end * in_len],
+                        &dy[start * out_len..end * out_len],
+                        &mut dw,
+                        s,
+                    );
+                }
+            });
             return dw;
         }
         let mut col = Vec::new();
