@@ -199,9 +199,7 @@ unsafe fn shift_row(dst: &mut [MaybeUninit<f32>], src: &[f32], shift: f32, relu:
     {
         let n = src.len();
         let (d, s) = (dst.as_mut_ptr().cast::<f32>(), src.as_ptr());
-        let shift = _mm512_set1_ps(shift);
-        // max(v, -inf) is v: one code path with or without the ReLU.
-        let floor = _mm512_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
+        let (shift, floor) = epilogue_vectors(shift, relu);
         let mut i = 0;
         while i + V <= n {
             let v = _mm512_add_ps(_mm512_loadu_ps(s.add(i)), shift);
@@ -219,6 +217,15 @@ unsafe fn shift_row(dst: &mut [MaybeUninit<f32>], src: &[f32], shift: f32, relu:
         let v = v + shift;
         d.write(if relu { v.max(0.0) } else { v });
     }
+}
+
+/// The shift and the floor that apply an epilogue as `max(v + shift, floor)`: max(v, -inf) is
+/// v, so one code path serves with or without the ReLU.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn epilogue_vectors(shift: f32, relu: bool) -> (__m512, __m512) {
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    (_mm512_set1_ps(shift), _mm512_set1_ps(floor))
 }
 
 /// What follows a convolution in evaluation, applied as its output is written: a shift per
@@ -446,6 +453,11 @@ impl Conv {
     pub fn out_size(&self) -> (usize, usize) {
         (self.plan.ho, self.plan.wo)
     }
+
+    /// Values of its weights `(cout, cin, k, k)`, and of their gradient.
+    fn weights_len(&self) -> usize {
+        self.cout * self.cin * self.plan.taps.len()
+    }
 }
 
 /// Per-thread buffers.
@@ -548,21 +560,12 @@ pub(super) fn forward_image(
     epilogue: Option<&Epilogue>,
 ) {
     assert!(available(), "direct convolution called without AVX-512");
-    assert_eq!(
-        w.len(),
-        conv.cout * conv.cin * conv.plan.taps.len(),
-        "direct convolution weights"
-    );
+    assert_eq!(w.len(), conv.weights_len(), "direct convolution weights");
     let layout = Layout::Planes(conv.planes, 1);
     let input = zeroed(&mut s.input, &mut s.input_layout, layout, conv.planes.len());
     // SAFETY (all three calls): AVX-512 is present (asserted above).
     unsafe { conv.planes.fill(x, input) };
-    let kernel = Kernel {
-        cin: conv.cin,
-        cout: conv.cout,
-        channel_stride: conv.planes.channel_stride(),
-        plan: &conv.plan,
-    };
+    let kernel = Kernel::grid(conv.cin, conv.cout, &conv.planes, &conv.plan);
     // SAFETY: AVX-512 is present (asserted above); every tap of every grid position is inside
     // the input's planes.
     let grid = unsafe { s.forward(&kernel, w, conv.planes.len()) };
@@ -598,11 +601,7 @@ pub(super) fn filter_gradient_images(
         x.len() == m * in_len && dy.len() == m * out_len,
         "direct weight gradient sizes"
     );
-    assert_eq!(
-        dw.len(),
-        conv.cout * conv.cin * p.taps.len(),
-        "direct weight gradient"
-    );
+    assert_eq!(dw.len(), conv.weights_len(), "direct weight gradient");
     let (image_in, image_out) = (conv.planes.len(), conv.cout * p.q);
     let layout = Layout::Planes(conv.planes, m);
     let input = zeroed(&mut s.input, &mut s.input_layout, layout, m * image_in);
@@ -622,12 +621,7 @@ pub(super) fn filter_gradient_images(
             );
         }
     }
-    let kernel = Kernel {
-        cin: conv.cin,
-        cout: conv.cout,
-        channel_stride: conv.planes.channel_stride(),
-        plan: p,
-    };
+    let kernel = Kernel::grid(conv.cin, conv.cout, &conv.planes, p);
     #[cfg(target_arch = "x86_64")]
     {
         // The whole grid of each image, as one line.
@@ -791,12 +785,7 @@ pub(super) fn input_gradient_image(
         if ph.plan.taps.is_empty() {
             continue;
         }
-        let kernel = Kernel {
-            cin: g.cout,
-            cout: g.cin,
-            channel_stride: g.planes.channel_stride(),
-            plan: &ph.plan,
-        };
+        let kernel = Kernel::grid(g.cout, g.cin, &g.planes, &ph.plan);
         // SAFETY: AVX-512 is present (asserted above); every tap of every grid position of
         // every phase is inside the padded gradient's planes (`InputGrad::new` sized them).
         let grid = unsafe { s.forward(&kernel, w, g.planes.len()) };
@@ -825,6 +814,18 @@ struct Kernel<'a> {
     cout: usize,
     channel_stride: usize,
     plan: &'a Plan,
+}
+
+impl<'a> Kernel<'a> {
+    /// The kernel of `cin -> cout` channels over one image laid out as `planes`.
+    fn grid(cin: usize, cout: usize, planes: &Planes, plan: &'a Plan) -> Self {
+        Self {
+            cin,
+            cout,
+            channel_stride: planes.channel_stride(),
+            plan,
+        }
+    }
 }
 
 /// `yq[co, q] = Σ_{ci, t} w[co, ci, t] · x[ci * channel_stride + taps[t] + q]`, `w` laid out

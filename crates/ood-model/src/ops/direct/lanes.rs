@@ -156,7 +156,10 @@ impl Plan {
         let o = out.as_mut_ptr().cast::<f32>();
         let mut rows = [_mm512_setzero_ps(); 16];
         for c in 0..channels {
-            let (shift, floor) = lift(epilogue, c);
+            let (shift, floor) = match epilogue {
+                Some(e) => epilogue_vectors(e.shift[c], e.relu),
+                None => epilogue_vectors(0.0, false),
+            };
             // A channel's positions are consecutive in the grid and in each image: runs of
             // sixteen across lines.
             for p0 in (0..hw).step_by(V) {
@@ -207,17 +210,6 @@ impl Plan {
     }
 }
 
-/// The shift and the floor that apply a channel's epilogue as `max(v + shift, floor)`: a
-/// floor of -inf where there is no ReLU (or no epilogue), one code path either way.
-#[inline(always)]
-unsafe fn lift(epilogue: Option<&Epilogue>, c: usize) -> (__m512, __m512) {
-    let (shift, floor) = match epilogue {
-        Some(e) => (e.shift[c], if e.relu { 0.0 } else { f32::NEG_INFINITY }),
-        None => (0.0, f32::NEG_INFINITY),
-    };
-    (_mm512_set1_ps(shift), _mm512_set1_ps(floor))
-}
-
 /// Loads `n` consecutive position vectors from `src` into `rows`, zeros after them.
 #[inline(always)]
 unsafe fn load_positions(rows: &mut [__m512; 16], src: *const f32, n: usize) {
@@ -250,11 +242,10 @@ impl<'a> Kernel<'a> {
     /// The kernel of `cin -> cout` channels over `planes` laid out in the lanes, with `wide`
     /// the plan's taps widened ([`Plan::widened`]).
     fn lanes(cin: usize, cout: usize, planes: &Planes, wide: &'a Plan) -> Self {
+        let grid = Self::grid(cin, cout, planes, wide);
         Self {
-            cin,
-            cout,
-            channel_stride: planes.channel_stride() * V,
-            plan: wide,
+            channel_stride: grid.channel_stride * V,
+            ..grid
         }
     }
 }
@@ -271,11 +262,7 @@ pub(in crate::ops) fn forward_group(
 ) {
     assert!(available(), "direct convolution called without AVX-512");
     let p = &conv.plan;
-    assert_eq!(
-        w.len(),
-        conv.cout * conv.cin * p.taps.len(),
-        "direct weights"
-    );
+    assert_eq!(w.len(), conv.weights_len(), "direct weights");
     assert_eq!(
         y.len(),
         GROUP * conv.cout * p.ho * p.wo,
@@ -343,11 +330,7 @@ pub(in crate::ops) fn filter_gradient_group(
 ) {
     assert!(available(), "direct convolution called without AVX-512");
     let p = &conv.plan;
-    assert_eq!(
-        dw.len(),
-        conv.cout * conv.cin * p.taps.len(),
-        "direct weight gradient"
-    );
+    assert_eq!(dw.len(), conv.weights_len(), "direct weight gradient");
     // SAFETY (all three calls): AVX-512 is present (asserted above).
     let in_len = unsafe { lay_out(&mut s.input, &mut s.input_layout, &conv.planes, x) };
     // The output gradient as planes without padding: line `oy` of a channel at `oy * wo`.
