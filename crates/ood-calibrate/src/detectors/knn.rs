@@ -330,72 +330,23 @@ impl Detector for Knn {
     }
 }
 
-/// `Vec<f32>` as the base64 (RFC 4648, padded) of its little-endian bytes, or read from a list
-/// of numbers (the form of earlier files).
+/// `Vec<f32>` as the base64 (RFC 4648, standard alphabet, padded) of its little-endian bytes,
+/// or read from a list of numbers (the form of earlier files). A bank of 10,000 rows is 6
+/// million characters, decoded each time `ood predict` or `ood serve` starts.
 mod packed_f32 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
-
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    /// Each byte's 6-bit value, or `NOT_BASE64`: a bank of 10,000 rows is 6 million
-    /// characters, decoded each time `ood predict` or `ood serve` starts.
-    const VALUES: [u8; 256] = {
-        let mut table = [NOT_BASE64; 256];
-        let mut i = 0;
-        while i < 64 {
-            table[ALPHABET[i] as usize] = i as u8;
-            i += 1;
-        }
-        table
-    };
-    const NOT_BASE64: u8 = u8::MAX;
 
     pub fn encode(values: &[f32]) -> String {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+        STANDARD.encode(bytes)
     }
 
     pub fn decode(text: &str) -> Result<Vec<f32>, String> {
-        let text = text.as_bytes();
-        if !text.len().is_multiple_of(4) {
-            return Err(format!(
-                "{} base64 characters, not a multiple of 4",
-                text.len()
-            ));
-        }
-        let mut bytes = Vec::with_capacity(text.len() / 4 * 3);
-        for (q, quad) in text.chunks_exact(4).enumerate() {
-            let last = q + 1 == text.len() / 4;
-            let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-            if pad > 2 || (pad > 0 && !last) {
-                return Err(format!("misplaced padding in base64 group {q}"));
-            }
-            let mut n = 0u32;
-            for &c in &quad[..4 - pad] {
-                let v = VALUES[c as usize];
-                if v == NOT_BASE64 {
-                    return Err(format!("{:?} is not a base64 character", c as char));
-                }
-                n = n << 6 | u32::from(v);
-            }
-            n <<= 6 * pad as u32;
-            bytes.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
-        }
+        let bytes = STANDARD
+            .decode(text)
+            .map_err(|e| format!("bank data is not base64: {e}"))?;
         if !bytes.len().is_multiple_of(4) {
             return Err(format!("{} bytes, not whole f32 values", bytes.len()));
         }
@@ -442,7 +393,21 @@ mod tests {
             back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             odd.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
-        for bad in ["AAC", "AA=A", "AACAPw=*", "AAAA"] {
+        // Every character of the standard alphabet's tail (`+`, `/`) and no padding: a file
+        // written by the earlier hand-written coder (and Python's `base64.b64encode`).
+        let known = "////v+axYX8AAAC8";
+        let bits = [0xbfff_ffff_u32, 0x7f61_b1e6, 0xbc00_0000];
+        let values: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        assert_eq!(
+            packed_f32::decode(known)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            bits
+        );
+        assert_eq!(packed_f32::encode(&values), known);
+        for bad in ["AAC", "AA=A", "AACAPw=*", "AAAA", "AACAPw", "AACA-w=="] {
             assert!(packed_f32::decode(bad).is_err(), "{bad} accepted");
         }
     }
