@@ -1,7 +1,13 @@
 //! Project workflows: `cargo xtask <task>`. Each task runs the `ood` binary in a release
-//! build (candle is about ten times slower unoptimised) with the project's defaults.
+//! build (candle is about ten times slower unoptimised) with the project's defaults; the
+//! arguments are read with clap (`cargo xtask --help`, `cargo xtask <task> --help`).
+//!
+//! It is not part of what users install (it is never published) and does none of the work
+//! itself: training, calibration and evaluation are `ood`'s; the tasks choose folders and
+//! defaults, chain the stages and tabulate the studies (the load test's client is its own).
 
 use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,40 +16,134 @@ mod loadtest;
 mod release;
 mod studies;
 
-const USAGE: &str = "usage: cargo xtask <task> [args...]
+/// The project's workflows: release-build wrappers around the `ood` binary with the project's
+/// defaults.
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    after_help = "Data: --data-dir DIR (among a task's ARGS), or OOD_DATA_DIR, else assets/data."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
 
-tasks:
-  train [ARGS]      train the default model into runs/default (ARGS go to `ood train`)
-  data-info [ARGS]  print counts and split sizes of the data (`ood data-info`)
-  fetch-data        download MNIST from the Hugging Face hub into assets/data/mnist
-  presets           list the model presets
-  calibrate [ARGS]  calibrate the default run's checkpoint (runs/default/calibration.json)
-  evaluate [ARGS]   evaluate it on the test set into runs/default/report
-  bench-ood [ARGS]  every OOD detector on near/far/synthetic OOD sets (runs/default/bench-ood)
-  ablate [ARGS]     the ablations (k, std loss, decoder, and the classifier levers) into
-                    runs/ablate (ARGS go to every `ood train`, e.g. --epochs 2 --seed 1;
-                    --root DIR moves the study; --variants k0,k1 runs only those: k0 k1 k5
-                    std-off std-literal no-decoder augment ensemble epochs8 ema
-                    outlier-exposure)
-  sweep [ARGS]      ten models, each with one digit unknown, into runs/sweep (resumable)
-  seeds [ARGS]      the default settings with --seeds 0,1,2 (default) into runs/seeds: the
-                    headline numbers per seed with mean and spread (resumable)
-  demo              train, calibrate and evaluate the default model, end to end
-  inspect [CKPT]    describe a checkpoint (default runs/default/checkpoint.safetensors)
-  bench [ARGS]      measure training and inference throughput (`ood bench`, three rounds
-                    alternating with PyTorch unless --rounds, --quick or --no-torch is given;
-                    --quick: about a minute; --device cuda: the presets on a GPU, beside PyTorch)
-  release-model [--from RUN_DIR] [ARGS]
-                    the shipped model in assets/models/default: RUN_DIR's checkpoint (default
-                    runs/default, trained first if missing) without optimizer state,
-                    recalibrated (ARGS go to `ood calibrate`), with provenance.json
-  serve [ARGS]      serve the shipped model and the drawing page (`ood serve`)
-  loadtest [--clients N] [--seconds S] [-- SERVE ARGS]
-                    a release `ood serve` under N clients for S seconds (default 32, 10), then
-                    malformed requests; fails if one gets no 4xx or the server dies
-  ci                run what CI runs (.ci/run)
+/// Arguments passed on, unread, to the `ood` command a task runs (every argument from the
+/// first one that is not the task's own; a task's own options are read anywhere, see
+/// [`own_options_first`]). A task that passes them elsewhere says where with `mut_arg`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PassOn {
+    /// Passed on to the `ood` command (its help: `cargo xtask <task> -- --help`)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub(crate) args: Vec<String>,
+}
 
-Data: --data-dir DIR, or OOD_DATA_DIR, else assets/data.";
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Train the default model into runs/default (ARGS go to `ood train`)
+    Train(PassOn),
+    /// Print counts and split sizes of the data (`ood data-info`)
+    DataInfo(PassOn),
+    /// Download MNIST from the Hugging Face hub into assets/data/mnist (`ood fetch-data`)
+    FetchData(PassOn),
+    /// List the model presets (`ood presets`)
+    Presets(PassOn),
+    /// Calibrate the default run's checkpoint (runs/default/calibration.json)
+    Calibrate(PassOn),
+    /// Evaluate the default run's checkpoint on the test set into runs/default/report
+    Evaluate(PassOn),
+    /// Every OOD detector on near/far/synthetic OOD sets (runs/default/bench-ood)
+    BenchOod(PassOn),
+    /// The ablations (k, std loss, decoder, and the classifier levers) into runs/ablate
+    ///
+    /// ARGS go to every `ood train` (e.g. --seed 1 --augment); resumable.
+    Ablate(studies::AblateArgs),
+    /// Ten models, each with one digit unknown, into runs/sweep (resumable)
+    Sweep(studies::StudyArgs),
+    /// The default settings with several seeds into runs/seeds (resumable)
+    ///
+    /// The headline numbers per seed, with their mean and spread.
+    Seeds(studies::SeedsArgs),
+    /// Train, calibrate and evaluate the default model, end to end (ARGS go to `ood train`)
+    Demo(PassOn),
+    /// Describe a checkpoint
+    Inspect {
+        /// The checkpoint
+        #[arg(default_value = DEFAULT_CHECKPOINT)]
+        checkpoint: String,
+    },
+    /// Measure training and inference throughput (`ood bench`)
+    ///
+    /// Three rounds alternating with PyTorch unless --rounds, --quick or --no-torch is given;
+    /// --quick: about a minute; --device cuda: the presets on a GPU, beside PyTorch.
+    Bench(PassOn),
+    /// The shipped model in assets/models/default, from a trained run
+    ///
+    /// RUN_DIR's checkpoint (trained first if missing) without optimizer state, recalibrated
+    /// (ARGS go to `ood calibrate`), with provenance.json.
+    ReleaseModel(release::ReleaseArgs),
+    /// Serve the shipped model and the drawing page (`ood serve`)
+    Serve(PassOn),
+    /// A release `ood serve` under load, then malformed requests
+    ///
+    /// N clients post drawn digits for S seconds (default 32, 10), then malformed requests
+    /// follow; fails if one gets no 4xx or the server dies.
+    #[command(
+        override_usage = "cargo xtask loadtest [--clients N] [--seconds S] [-- SERVE_ARGS...]",
+        mut_arg("args", |a| a.help("--clients N, --seconds S, then after `--` arguments for `ood serve`"))
+    )]
+    Loadtest(PassOn),
+    /// Run what CI runs (.ci/run)
+    Ci,
+}
+
+/// Where the single-model tasks read the default run's checkpoint.
+const DEFAULT_CHECKPOINT: &str = "runs/default/checkpoint.safetensors";
+
+/// clap reads a task's own options only until the first argument it passes on (in
+/// `cargo xtask ablate --augment --variants k1`, `--variants k1` would go to `ood train`); the
+/// tasks have always taken them anywhere. This moves a task's own options, with their values,
+/// in front of the rest (up to a `--`), so that clap sees them.
+fn own_options_first(argv: Vec<String>) -> Vec<String> {
+    let cli = Cli::command();
+    let Some(task) = argv.get(1).and_then(|name| cli.find_subcommand(name)) else {
+        return argv;
+    };
+    let own: Vec<&str> = task
+        .get_arguments()
+        .filter(|a| a.get_action().takes_values())
+        .filter_map(|a| a.get_long())
+        .collect();
+    let mut front = argv[..2].to_vec();
+    let mut rest = Vec::new();
+    let mut it = argv[2..].iter().cloned();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            rest.push(a);
+            rest.extend(it.by_ref());
+            break;
+        }
+        let long = a
+            .strip_prefix("--")
+            .map(|n| n.split_once('=').map_or(n, |(n, _)| n));
+        if long.is_some_and(|n| own.contains(&n)) {
+            let attached = a.contains('=');
+            front.push(a);
+            if !attached {
+                front.extend(it.next());
+            }
+        } else {
+            rest.push(a);
+        }
+    }
+    front.extend(rest);
+    front
+}
 
 pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -126,70 +226,61 @@ fn bench_args(rest: &[String]) -> Vec<String> {
     a
 }
 
+/// `ood SUBCOMMAND FIXED... ARGS`, with `FLAG VALUE` added where given unless ARGS set FLAG.
+fn ood_args(
+    sub: &str,
+    fixed: &[String],
+    args: &[String],
+    default: Option<(&str, &str)>,
+) -> Vec<String> {
+    let mut a = vec![sub.to_string()];
+    a.extend(fixed.iter().cloned());
+    match default {
+        Some((flag, value)) => a.extend(with_default(args, flag, value)),
+        None => a.extend(args.iter().cloned()),
+    }
+    a
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((task, rest)) = args.split_first() else {
-        println!("{USAGE}");
+    let argv: Vec<String> = std::env::args().collect();
+    let Some(task) = Cli::parse_from(own_options_first(argv.clone())).task else {
+        Cli::command().print_help()?;
         return Ok(());
     };
-    let default_checkpoint = "runs/default/checkpoint.safetensors".to_string();
-    match task.as_str() {
-        "train" => {
-            let mut a = vec!["train".to_string()];
-            a.extend(with_default(rest, "--out", "runs/default"));
-            ood(&[], &a)
+    let ckpt = [DEFAULT_CHECKPOINT.to_string()];
+    let out = |dir| Some(("--out", dir));
+    let (run_dir, report) = ("runs/default", "runs/default/report");
+    match task {
+        Task::Train(p) => ood(&[], &ood_args("train", &[], &p.args, out(run_dir))),
+        Task::Bench(p) => ood(&[], &bench_args(&p.args)),
+        Task::DataInfo(p) => ood(&[], &ood_args("data-info", &[], &p.args, None)),
+        Task::Presets(p) => ood(&[], &ood_args("presets", &[], &p.args, None)),
+        Task::Serve(p) => ood(&[], &ood_args("serve", &[], &p.args, None)),
+        Task::FetchData(p) => {
+            let data_dir = Some(("--data-dir", "assets/data"));
+            ood(&["hub"], &ood_args("fetch-data", &[], &p.args, data_dir))
         }
-        "bench" => ood(&[], &bench_args(rest)),
-        "data-info" | "presets" | "serve" => {
-            let mut a = vec![task.clone()];
-            a.extend(rest.iter().cloned());
-            ood(&[], &a)
+        Task::Calibrate(p) => ood(&[], &ood_args("calibrate", &ckpt, &p.args, None)),
+        Task::Evaluate(p) => ood(&[], &ood_args("evaluate", &ckpt, &p.args, out(report))),
+        Task::BenchOod(p) => {
+            let bench_dir = out("runs/default/bench-ood");
+            ood(&[], &ood_args("bench-ood", &ckpt, &p.args, bench_dir))
         }
-        "fetch-data" => {
-            let mut a = vec!["fetch-data".to_string()];
-            a.extend(with_default(rest, "--data-dir", "assets/data"));
-            ood(&["hub"], &a)
+        Task::ReleaseModel(a) => release::run(&a),
+        // The load test reads its own flags (loadtest.rs); hand it the arguments exactly as
+        // given, a leading `--` included (clap would take that one as its own).
+        Task::Loadtest(_) => loadtest::run(&argv[2..]),
+        Task::Ablate(a) => studies::ablate(&a),
+        Task::Sweep(a) => studies::sweep(&a),
+        Task::Seeds(a) => studies::seeds(&a),
+        Task::Demo(p) => {
+            ood(&[], &ood_args("train", &[], &p.args, out(run_dir)))?;
+            ood(&[], &ood_args("calibrate", &ckpt, &[], None))?;
+            ood(&[], &ood_args("evaluate", &ckpt, &[], out(report)))
         }
-        "calibrate" => {
-            let mut a = vec!["calibrate".to_string(), default_checkpoint];
-            a.extend(rest.iter().cloned());
-            ood(&[], &a)
-        }
-        "evaluate" => {
-            let mut a = vec!["evaluate".to_string(), default_checkpoint];
-            a.extend(with_default(rest, "--out", "runs/default/report"));
-            ood(&[], &a)
-        }
-        "bench-ood" => {
-            let mut a = vec!["bench-ood".to_string(), default_checkpoint];
-            a.extend(with_default(rest, "--out", "runs/default/bench-ood"));
-            ood(&[], &a)
-        }
-        "release-model" => release::run(rest),
-        "loadtest" => loadtest::run(rest),
-        "ablate" => studies::ablate(rest),
-        "sweep" => studies::sweep(rest),
-        "seeds" => studies::seeds(rest),
-        "demo" => {
-            let mut a = vec!["train".to_string()];
-            a.extend(with_default(rest, "--out", "runs/default"));
-            ood(&[], &a)?;
-            ood(&[], &["calibrate".to_string(), default_checkpoint.clone()])?;
-            ood(
-                &[],
-                &[
-                    "evaluate".into(),
-                    default_checkpoint,
-                    "--out".into(),
-                    "runs/default/report".into(),
-                ],
-            )
-        }
-        "inspect" => {
-            let ckpt = rest.first().cloned().unwrap_or(default_checkpoint);
-            ood(&[], &["inspect".to_string(), ckpt])
-        }
-        "ci" => {
+        Task::Inspect { checkpoint } => ood(&[], &ood_args("inspect", &[checkpoint], &[], None)),
+        Task::Ci => {
             let status = Command::new("bash")
                 .arg(".ci/run")
                 .current_dir(workspace_root())
@@ -199,11 +290,6 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        "help" | "--help" | "-h" => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        other => bail!("unknown task {other:?}\n\n{USAGE}"),
     }
 }
 
@@ -213,9 +299,86 @@ pub(crate) fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
+/// The task `cargo xtask ARGS` runs, as `main` parses it.
+#[cfg(test)]
+fn parse(a: &[&str]) -> Result<Task, clap::Error> {
+    let mut argv = args(&["xtask"]);
+    argv.extend(args(a));
+    Ok(Cli::try_parse_from(own_options_first(argv))?
+        .task
+        .expect("a task"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{args, bench_args, device_feature};
+    use super::{args, bench_args, device_feature, parse, Cli, Task};
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pass_on_tasks_hand_every_argument_to_ood() {
+        let Ok(Task::Train(p)) = parse(&["train", "--epochs", "2", "--out", "x", "--help"]) else {
+            panic!("not train");
+        };
+        assert_eq!(p.args, args(&["--epochs", "2", "--out", "x", "--help"]));
+        // `--` first: the rest is `ood`'s, its help included.
+        let Ok(Task::Calibrate(p)) = parse(&["calibrate", "--", "--help"]) else {
+            panic!("not calibrate");
+        };
+        assert_eq!(p.args, args(&["--help"]));
+        let Ok(Task::Bench(p)) = parse(&["bench", "-q", "--device=cuda"]) else {
+            panic!("not bench");
+        };
+        assert_eq!(p.args, args(&["-q", "--device=cuda"]));
+    }
+
+    #[test]
+    fn a_tasks_own_options_are_read_anywhere() {
+        let Ok(Task::ReleaseModel(r)) =
+            parse(&["release-model", "--accept", "0.99", "--from", "runs/x"])
+        else {
+            panic!("not release-model");
+        };
+        assert_eq!(r.from, std::path::PathBuf::from("runs/x"));
+        assert_eq!(r.calibrate.args, args(&["--accept", "0.99"]));
+        // After `--`, nothing is the task's own.
+        let Ok(Task::ReleaseModel(r)) = parse(&["release-model", "--", "--from", "x"]) else {
+            panic!("not release-model");
+        };
+        assert_eq!(r.from, std::path::PathBuf::from("runs/default"));
+        assert_eq!(r.calibrate.args, args(&["--from", "x"]));
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        for (argv, says) in [
+            (&["bogus"][..], "unrecognized subcommand 'bogus'"),
+            (&["inspect", "a", "b"], "unexpected argument 'b'"),
+            (
+                &["ablate", "--variants", "k9"],
+                "invalid value 'k9' for '--variants",
+            ),
+            (
+                &["seeds", "--seeds", "1,x"],
+                "invalid value 'x' for '--seeds",
+            ),
+            (
+                &["sweep", "--epochs", "two"],
+                "invalid value 'two' for '--epochs",
+            ),
+            (
+                &["release-model", "--from"],
+                "a value is required for '--from",
+            ),
+        ] {
+            let e = parse(argv).expect_err(&format!("{argv:?} parsed"));
+            assert!(e.to_string().contains(says), "{argv:?}: {e}");
+        }
+    }
 
     #[test]
     fn bench_runs_three_rounds_unless_told_otherwise() {

@@ -87,20 +87,22 @@ fn git(args: &[&str]) -> String {
     .unwrap_or_else(|_| "unknown".into())
 }
 
-pub fn run(args: &[String]) -> Result<()> {
+/// `cargo xtask release-model`'s arguments.
+#[derive(clap::Args, Debug)]
+#[command(mut_arg("args", |a| a.help("Passed on to `ood calibrate` (e.g. --accept 0.99)")))]
+pub struct ReleaseArgs {
+    /// The trained run folder whose checkpoint is shipped (trained first if missing)
+    #[arg(long, value_name = "RUN_DIR", default_value = "runs/default")]
+    pub(crate) from: PathBuf,
+    #[command(flatten)]
+    pub(crate) calibrate: crate::PassOn,
+}
+
+pub fn run(args: &ReleaseArgs) -> Result<()> {
     let root = crate::workspace_root();
-    let mut from = PathBuf::from("runs/default");
-    let mut calibrate_args: Vec<String> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--from" {
-            from = PathBuf::from(it.next().context("--from needs a run folder")?);
-        } else {
-            calibrate_args.push(a.clone());
-        }
-    }
+    let (from, calibrate_args) = (&args.from, &args.calibrate.args);
     let run_dir = if from.is_relative() {
-        root.join(&from)
+        root.join(from)
     } else {
         from.clone()
     };

@@ -3,47 +3,92 @@
 //! its own run folder; finished stages are detected from their files and not redone, so an
 //! interrupted study resumes where it stopped.
 
-use crate::ood;
-use anyhow::{bail, Context, Result};
+use crate::{ood, PassOn};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Extra `ood train` flags shared by every model of a study (`--epochs 2`, `--limit 5000`, ...).
+/// What every study takes: its folder, the data, and what goes to every `ood train`.
+#[derive(clap::Args, Debug)]
+#[command(mut_arg("args", |a| a.help("Passed on to every `ood train` (e.g. --seed 1 --limit 5000)")))]
 pub struct StudyArgs {
-    pub train_flags: Vec<String>,
-    pub data_flags: Vec<String>,
-    pub root: PathBuf,
-    /// `--variants a,b`: run only these models of the study (all when empty).
-    pub only: Vec<String>,
+    /// The study's folder (default runs/ablate, runs/sweep or runs/seeds)
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// The data root, for every `ood` command of the study
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Epochs of every model (to `ood train`)
+    #[arg(long, value_name = "N")]
+    epochs: Option<u32>,
+    #[command(flatten)]
+    train_args: PassOn,
+}
+
+/// `cargo xtask ablate`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct AblateArgs {
+    /// Run only these variants (comma-separated; all when absent)
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(VARIANT_NAMES))]
+    variants: Vec<String>,
+    #[command(flatten)]
+    study: StudyArgs,
+}
+
+/// `cargo xtask seeds`' arguments.
+#[derive(clap::Args, Debug)]
+pub struct SeedsArgs {
+    /// The seeds, one model each (comma-separated)
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "0,1,2"
+    )]
+    seeds: Vec<u64>,
+    #[command(flatten)]
+    study: StudyArgs,
+}
+
+/// A study's settings as its models use them.
+struct Study {
+    /// `ood train` flags shared by every model (`--epochs 2`, `--limit 5000`, ...).
+    train_flags: Vec<String>,
+    /// `--data-dir DIR`, for every `ood` command.
+    data_flags: Vec<String>,
+    root: PathBuf,
 }
 
 impl StudyArgs {
-    /// Splits `args` into data flags (`--data-dir DIR`), `--root DIR` and the rest for training.
-    pub fn parse(args: &[String], default_root: &str) -> Result<Self> {
-        let mut out = StudyArgs {
-            train_flags: Vec::new(),
-            data_flags: Vec::new(),
-            root: PathBuf::from(default_root),
-            only: Vec::new(),
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--data-dir" => out.data_flags.extend([
-                    "--data-dir".to_string(),
-                    it.next().context("--data-dir needs a value")?.clone(),
-                ]),
-                "--root" => out.root = PathBuf::from(it.next().context("--root needs a value")?),
-                "--variants" => {
-                    let list = it.next().context("--variants needs a value")?;
-                    out.only = list.split(',').map(|v| v.trim().to_string()).collect();
-                }
-                _ => out.train_flags.push(a.clone()),
-            }
+    fn study(&self, default_root: &str) -> Study {
+        let mut train_flags = Vec::new();
+        if let Some(n) = self.epochs {
+            train_flags.extend(["--epochs".to_string(), n.to_string()]);
         }
-        Ok(out)
+        train_flags.extend(self.train_args.args.iter().cloned());
+        Study {
+            train_flags,
+            data_flags: self
+                .data_dir
+                .iter()
+                .flat_map(|d| ["--data-dir".to_string(), d.clone()])
+                .collect(),
+            root: self.root.clone().unwrap_or_else(|| default_root.into()),
+        }
+    }
+
+    /// The arguments as a command line, for the study's table (the study's own options first).
+    fn command_line(&self, own: &[String]) -> String {
+        let mut a = own.to_vec();
+        if let Some(root) = &self.root {
+            a.extend(["--root".to_string(), root.display().to_string()]);
+        }
+        let study = self.study("");
+        a.extend(study.data_flags);
+        a.extend(study.train_flags);
+        a.join(" ")
     }
 }
 
@@ -115,7 +160,7 @@ fn override_flags(base: &[String], overrides: &[String]) -> Vec<String> {
 
 /// Trains (or resumes), calibrates and evaluates one model (a checkpoint, or with
 /// `--ensemble N` among the flags an ensemble folder); returns evaluate's metrics.json.
-fn run_model(dir: &Path, extra_train: &[String], study: &StudyArgs, bench: bool) -> Result<Value> {
+fn run_model(dir: &Path, extra_train: &[String], study: &Study, bench: bool) -> Result<Value> {
     let d = dir.display().to_string();
     let flags = override_flags(&study.train_flags, extra_train);
     let ensemble = ensemble_size(&flags)?;
@@ -234,71 +279,82 @@ fn write(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The ablation's variants: name, description, the `ood train` flags that make it.
+const VARIANTS: [(&str, &str, &[&str]); 11] = [
+    ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
+    ("k1", "k = 1, std intended (the default)", &[]),
+    ("k5", "k = 5", &["--k", "5"]),
+    ("std-off", "std loss off", &["--lambda-std", "0"]),
+    (
+        "std-literal",
+        "std loss with the printed sign (-std)",
+        &["--std-sign", "literal"],
+    ),
+    (
+        "no-decoder",
+        "decoder off (max softmax only)",
+        &["--no-decoder"],
+    ),
+    (
+        "augment",
+        "augmentation (rotation, scale, shift)",
+        &["--augment"],
+    ),
+    (
+        "ensemble",
+        "ensemble of 3 (seeds s, s+1, s+2)",
+        &["--ensemble", "3"],
+    ),
+    (
+        "epochs8",
+        "twice the epochs (8; the schedule's cosine stretched to them)",
+        &["--epochs", "8"],
+    ),
+    (
+        "ema",
+        "moving average of the weights (decay 0.999)",
+        &["--ema", "0.999"],
+    ),
+    (
+        "outlier-exposure",
+        "outlier exposure (scribbles, energy margin)",
+        &["--outlier-exposure"],
+    ),
+];
+
+/// The variants' names, for `--variants`.
+const VARIANT_NAMES: [&str; VARIANTS.len()] = {
+    let mut names = [""; VARIANTS.len()];
+    let mut i = 0;
+    while i < VARIANTS.len() {
+        names[i] = VARIANTS[i].0;
+        i += 1;
+    }
+    names
+};
+
 /// The ablations: k in {0, 1, 5}, the std loss off / intended / literal, the decoder off, and
 /// the classifier levers (augmentation, ensemble, weight average, outlier exposure). The rates
 /// are those of the calibrated rule (the default: 99% of held-out digits accepted).
-pub fn ablate(args: &[String]) -> Result<()> {
-    let study = StudyArgs::parse(args, "runs/ablate")?;
-    let variants: [(&str, &str, &[&str]); 11] = [
-        ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
-        ("k1", "k = 1, std intended (the default)", &[]),
-        ("k5", "k = 5", &["--k", "5"]),
-        ("std-off", "std loss off", &["--lambda-std", "0"]),
-        (
-            "std-literal",
-            "std loss with the printed sign (-std)",
-            &["--std-sign", "literal"],
-        ),
-        (
-            "no-decoder",
-            "decoder off (max softmax only)",
-            &["--no-decoder"],
-        ),
-        (
-            "augment",
-            "augmentation (rotation, scale, shift)",
-            &["--augment"],
-        ),
-        (
-            "ensemble",
-            "ensemble of 3 (seeds s, s+1, s+2)",
-            &["--ensemble", "3"],
-        ),
-        (
-            "epochs8",
-            "twice the epochs (8; the schedule's cosine stretched to them)",
-            &["--epochs", "8"],
-        ),
-        (
-            "ema",
-            "moving average of the weights (decay 0.999)",
-            &["--ema", "0.999"],
-        ),
-        (
-            "outlier-exposure",
-            "outlier exposure (scribbles, energy margin)",
-            &["--outlier-exposure"],
-        ),
-    ];
-    if let Some(unknown) = study
-        .only
-        .iter()
-        .find(|v| !variants.iter().any(|(name, _, _)| name == v))
-    {
-        let names: Vec<&str> = variants.iter().map(|(name, _, _)| *name).collect();
-        bail!(
-            "--variants: no variant `{unknown}` (there are {})",
-            names.join(", ")
-        );
-    }
+pub fn ablate(args: &AblateArgs) -> Result<()> {
+    let study = args.study.study("runs/ablate");
+    let own = if args.variants.is_empty() {
+        Vec::new()
+    } else {
+        vec!["--variants".to_string(), args.variants.join(",")]
+    };
     let started = Instant::now();
     let mut md = String::new();
-    let _ = writeln!(md, "Command: `cargo xtask ablate {}`\n", args.join(" "));
+    let _ = writeln!(
+        md,
+        "Command: `cargo xtask ablate {}`\n",
+        args.study.command_line(&own)
+    );
     let _ = writeln!(md, "| variant | zeros caught | valid accepted and right | Fashion-MNIST caught | closed-set accuracy | AUROC max softmax (zeros) | AUROC max softmax (Fashion) | AUROC default score (zeros) | AUROC default score (Fashion) | histograms |\n|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut dirs = Vec::new();
-    for (name, what, flags) in variants {
-        if !study.only.is_empty() && !study.only.iter().any(|v| v == name) {
+    for (name, what, flags) in VARIANTS {
+        if !args.variants.is_empty() && !args.variants.iter().any(|v| v == name) {
             continue;
         }
         let dir = study.root.join(name);
@@ -333,11 +389,15 @@ pub fn ablate(args: &[String]) -> Result<()> {
 }
 
 /// Ten models, each trained with one digit unknown; AUROC per held-out digit.
-pub fn sweep(args: &[String]) -> Result<()> {
-    let study = StudyArgs::parse(args, "runs/sweep")?;
+pub fn sweep(args: &StudyArgs) -> Result<()> {
+    let study = args.study("runs/sweep");
     let started = Instant::now();
     let mut md = String::new();
-    let _ = writeln!(md, "Command: `cargo xtask sweep {}`\n", args.join(" "));
+    let _ = writeln!(
+        md,
+        "Command: `cargo xtask sweep {}`\n",
+        args.command_line(&[])
+    );
     let _ = writeln!(md, "| unknown digit | closed-set accuracy | AUROC MSP | AUROC Energy | AUROC Fused | AUROC default score | best detector | its AUROC | unknown flagged (rule) | known accepted and correct (rule) |\n|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut dirs = Vec::new();
@@ -456,26 +516,18 @@ pub fn sweep(args: &[String]) -> Result<()> {
 
 /// The default settings trained with several seeds (`--seeds 0,1,2`): the headline numbers of
 /// the rule in force and the default score's AUROCs per seed, with their mean and spread.
-pub fn seeds(args: &[String]) -> Result<()> {
-    let mut rest = Vec::new();
-    let mut seeds: Vec<u64> = vec![0, 1, 2];
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--seeds" {
-            let list = it.next().context("--seeds needs a value")?;
-            seeds = list
-                .split(',')
-                .map(|s| s.trim().parse().with_context(|| format!("--seeds: {s:?}")))
-                .collect::<Result<_>>()?;
-        } else {
-            rest.push(a.clone());
-        }
-    }
-    anyhow::ensure!(!seeds.is_empty(), "--seeds: give at least one seed");
-    let study = StudyArgs::parse(&rest, "runs/seeds")?;
+pub fn seeds(args: &SeedsArgs) -> Result<()> {
+    let seeds = &args.seeds;
+    let study = args.study.study("runs/seeds");
     let started = Instant::now();
     let mut md = String::new();
-    let _ = writeln!(md, "Command: `cargo xtask seeds {}`\n", args.join(" "));
+    let own: Vec<String> = seeds.iter().map(u64::to_string).collect();
+    let own = ["--seeds".to_string(), own.join(",")];
+    let _ = writeln!(
+        md,
+        "Command: `cargo xtask seeds {}`\n",
+        args.study.command_line(&own)
+    );
     let headers = [
         "valid accepted and right",
         "zeros caught",
@@ -493,7 +545,7 @@ pub fn seeds(args: &[String]) -> Result<()> {
     let mut columns: Vec<Vec<f64>> = vec![Vec::new(); headers.len()];
     let mut rows = Vec::new();
     let mut dirs = Vec::new();
-    for seed in &seeds {
+    for seed in seeds {
         let dir = study.root.join(format!("seed{seed}"));
         dirs.push(dir.clone());
         let m = run_model(
@@ -558,7 +610,56 @@ pub fn seeds(args: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::override_flags;
-    use crate::args as strings;
+    use crate::{args as strings, parse, Task};
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_studys_own_flags_are_read_before_and_among_the_training_flags() {
+        let Ok(Task::Ablate(a)) = parse(&[
+            "ablate",
+            "--epochs",
+            "2",
+            "--seed",
+            "3",
+            "--augment",
+            "--variants",
+            "k1,ema",
+            "--root=r",
+            "--data-dir",
+            "d",
+        ]) else {
+            panic!("not ablate");
+        };
+        assert_eq!(a.variants, strings(&["k1", "ema"]));
+        let study = a.study.study("runs/ablate");
+        assert_eq!(study.root, PathBuf::from("r"));
+        assert_eq!(study.data_flags, strings(&["--data-dir", "d"]));
+        assert_eq!(
+            study.train_flags,
+            strings(&["--epochs", "2", "--seed", "3", "--augment"])
+        );
+        assert_eq!(
+            a.study.command_line(&strings(&["--variants", "k1,ema"])),
+            "--variants k1,ema --root r --data-dir d --epochs 2 --seed 3 --augment"
+        );
+
+        let Ok(Task::Sweep(s)) = parse(&["sweep"]) else {
+            panic!("not sweep");
+        };
+        let study = s.study("runs/sweep");
+        assert_eq!(study.root, PathBuf::from("runs/sweep"));
+        assert!(study.train_flags.is_empty() && study.data_flags.is_empty());
+
+        let Ok(Task::Seeds(s)) = parse(&["seeds", "--ema", "0.999"]) else {
+            panic!("not seeds");
+        };
+        assert_eq!(s.seeds, [0, 1, 2]);
+        assert_eq!(s.study.train_args.args, strings(&["--ema", "0.999"]));
+        let Ok(Task::Seeds(s)) = parse(&["seeds", "--ema", "0.999", "--seeds", "4,5"]) else {
+            panic!("not seeds");
+        };
+        assert_eq!(s.seeds, [4, 5]);
+    }
 
     #[test]
     fn a_variant_flag_replaces_the_study_flag_and_its_value() {
