@@ -1,4 +1,9 @@
-//! Shared helpers of the end-to-end tests: finding the real MNIST and loading it once.
+//! The end-to-end tests of candle-ood (`tests/tests/`: the `ood` commands chained on small
+//! subsets of the real MNIST) and their shared helpers here: finding the real MNIST, loading it
+//! once, and calling `ood` in-process.
+//!
+//! It is not a library for users (it is never published), and not where unit tests live: each
+//! crate tests its own parts; without MNIST these tests print why and skip.
 
 use ood_data::source::{resolve_data_root, MNIST};
 use ood_data::{DatasetDir, LabeledImages, Split};

@@ -4,6 +4,9 @@
 //! `ood-data`, `ood-model`, `ood-train`, `ood-calibrate`, `ood-eval` and `ood-serve`. [`run`] is the whole program, so
 //! tests can drive it in-process.
 //!
+//! It is not where any of that work is done (a change to training, scoring or serving belongs
+//! in those crates), and it holds none of the project's workflows (`cargo xtask`).
+//!
 //! ```
 //! // The same as running `ood presets` in a shell.
 //! ood_cli::run(["ood", "presets"])?;

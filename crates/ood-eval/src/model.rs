@@ -18,7 +18,7 @@ pub struct LoadedModel {
     pub meta: CheckpointMeta,
     /// The (first member's) training arguments; every member shares them but for its seed.
     pub train: TrainConfig,
-    /// One net, or the members of an ensemble in order (see [`ood_train::infer`]).
+    /// One net, or the members of an ensemble in order (see [`ood_train::infer()`]).
     pub nets: Vec<OodNet>,
     /// The checkpoint file of each net.
     pub members: Vec<PathBuf>,

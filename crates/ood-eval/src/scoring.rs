@@ -79,7 +79,7 @@ impl ScoredSet {
     }
 }
 
-/// Runs `nets` (one model, or an ensemble read as one: see [`ood_train::infer`]) over `pixels` (f32 in [0, 1]): the classifier on the images as they are, the
+/// Runs `nets` (one model, or an ensemble read as one: see [`ood_train::infer()`]) over `pixels` (f32 in [0, 1]): the classifier on the images as they are, the
 /// decoder on copies noised as in training (seeded by `seed` and `stream`, so the same set
 /// always gets the same noise).
 pub fn score_images(

@@ -1,9 +1,9 @@
 //! The candle-ood training stage: data in, checkpoint out.
 //!
-//! [`train`] runs AdamW with warm-up and cosine decay on the objective of `ood-losses`, with
+//! [`train()`] runs AdamW with warm-up and cosine decay on the objective of `ood-losses`, with
 //! the classifier on clean images and the decoder on noised copies through the shared trunk;
 //! it writes a checkpoint atomically after every epoch and on interrupt, resumes exactly from
-//! one, stops on a non-finite loss, and logs each epoch to `metrics.jsonl`. [`infer`] runs a
+//! one, stops on a non-finite loss, and logs each epoch to `metrics.jsonl`. [`infer()`] runs a
 //! trained model over a set in mini-batches and returns plain arrays.
 //!
 //! It does not choose thresholds or compute OOD metrics (that is `ood-calibrate`), and it

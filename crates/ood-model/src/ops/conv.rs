@@ -1,7 +1,7 @@
 //! Convolution and transposed convolution, forward and backward, as candle custom ops.
 //!
 //! On a CPU with AVX-512, convolutions of stride 1 and 2 (all but the 1x1 shortcuts of this
-//! model) run on the direct kernels of [`super::direct`]: no im2col, the input only padded.
+//! model) run on the direct kernels of `ops::direct`: no im2col, the input only padded.
 //! Everything else goes through im2col and GEMM. Three ops do all the work, each a candle
 //! `CustomOp2` on contiguous f32 CPU tensors (the formulas below are the im2col route; the
 //! direct one computes the same sums):
