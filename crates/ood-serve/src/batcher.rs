@@ -15,6 +15,7 @@
 //! the next requests queue up, so under load batches fill by themselves without waiting.
 
 use crate::model::{Model, Prediction};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +29,25 @@ struct Job {
     reply: oneshot::Sender<Answer>,
 }
 
-/// Counters, for `/healthz` and the tests.
-#[derive(Debug, Default)]
+/// Counters, for `/healthz`, `/metrics` and the tests.
+#[derive(Debug)]
 pub struct Stats {
     pub predictions: AtomicU64,
     pub batches: AtomicU64,
     pub largest_batch: AtomicU64,
+    /// Images per batch (buckets 1, 2, 4, ... 128), for `/metrics`.
+    pub batch_sizes: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            predictions: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            largest_batch: AtomicU64::new(0),
+            batch_sizes: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+        }
+    }
 }
 
 /// The handle requests use to reach the batching task.
@@ -124,6 +138,11 @@ impl Batcher {
             })?;
         answer.await.map_err(|_| Refused::Stopped)
     }
+
+    /// Images waiting in the queue for a free lane.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
 }
 
 async fn run(
@@ -197,6 +216,7 @@ async fn answer(model: &Arc<Model>, lane: &Lane, jobs: Vec<Job>, stats: &Stats) 
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.predictions.fetch_add(n as u64, Ordering::Relaxed);
     stats.largest_batch.fetch_max(n as u64, Ordering::Relaxed);
+    stats.batch_sizes.observe(n as f64);
     tracing::debug!(
         batch = n,
         ms = started.elapsed().as_secs_f64() * 1e3,

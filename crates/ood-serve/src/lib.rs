@@ -4,9 +4,11 @@
 //! file of any size, prepared as MNIST was, or 784 ready pixels as JSON), with the
 //! probabilities, the score(s) the decision rests on against their thresholds and the
 //! decoder's reconstruction; `GET /healthz` says it is up; `GET /` is a page to draw digits
-//! on. Concurrent requests are micro-batched through the model ([`batcher`]); everything that
-//! loads or calls a model is in [`model`], which `ood predict` uses too. [`shipped`] embeds the
-//! default model of `assets/models/default/`, so nothing needs training to be tried.
+//! on; `GET /metrics` is for monitoring ([`metrics`]). Concurrent requests are micro-batched
+//! through the model ([`batcher`]); everything that loads or calls a model is in [`model`],
+//! which `ood predict` uses too. [`shipped`] embeds the default model of
+//! `assets/models/default/`, so nothing needs training to be tried. [`connections`] accepts
+//! and times connections, so that slow or idle clients cannot hold the server.
 //!
 //! It is not the command line (`ood-cli` parses arguments and calls [`serve`]), it trains and
 //! calibrates nothing, and it holds no scoring maths (that is `ood-eval`).
@@ -24,12 +26,15 @@
 //! ```
 
 pub mod batcher;
+pub mod connections;
+pub mod metrics;
 pub mod model;
 pub mod shipped;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -63,7 +68,7 @@ pub enum ServeError {
 
 pub type Result<T, E = ServeError> = std::result::Result<T, E>;
 
-/// The server's limits and batching.
+/// The server's limits and batching. The defaults are those of `ood serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// How requests are batched through the model.
@@ -74,8 +79,18 @@ pub struct ServeConfig {
     pub max_in_flight: usize,
     /// Largest image side in pixels; larger images get 400 before they are decoded.
     pub max_image_side: u32,
-    /// A request taking longer (a slow upload, say) gets 408.
+    /// A request taking longer, from its head to its answer, gets 408.
     pub request_timeout: Duration,
+    /// A request's body must arrive within this (from its head); else 408.
+    pub body_timeout: Duration,
+    /// A request's head must arrive within this, from the accept or from its first byte on a
+    /// kept-alive connection; else the connection is closed ([`connections`]).
+    pub header_timeout: Duration,
+    /// A kept-alive connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections at most, lowered to what the file-descriptor limit allows
+    /// ([`connections::connection_cap`]). At the cap the idlest connection makes room.
+    pub max_connections: usize,
 }
 
 impl Default for ServeConfig {
@@ -87,6 +102,14 @@ impl Default for ServeConfig {
             max_in_flight: 256,
             max_image_side: 4096,
             request_timeout: Duration::from_secs(30),
+            // An 8 MiB photo over a slow mobile link (about 5 Mbit/s) takes 13 s.
+            body_timeout: Duration::from_secs(20),
+            // A browser sends its head in one packet; 10 s is generous on any real link and
+            // bounds what a slowloris client holds.
+            header_timeout: Duration::from_secs(10),
+            // The page's user draws the next digit within a minute, and reuses the connection.
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
         }
     }
 }
@@ -97,10 +120,16 @@ struct App {
     batcher: Batcher,
     in_flight: Arc<Semaphore>,
     config: Arc<ServeConfig>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// The routes, with the batching task started on the current tokio runtime.
 pub fn router(model: Arc<Model>, config: ServeConfig) -> Result<Router> {
+    Ok(app(model, config)?.0)
+}
+
+/// The routes and their metrics (which [`serve`] also feeds with its connections).
+fn app(model: Arc<Model>, config: ServeConfig) -> Result<(Router, Arc<metrics::Metrics>)> {
     let batcher = Batcher::start(
         model.clone(),
         config.batching,
@@ -108,28 +137,58 @@ pub fn router(model: Arc<Model>, config: ServeConfig) -> Result<Router> {
         config.max_in_flight,
     )
     .map_err(|e| ServeError::Server(std::io::Error::other(format!("compute threads: {e}"))))?;
+    let metrics = Arc::new(metrics::Metrics::new(batcher.stats.batch_sizes.clone()));
+    metrics.set_model(
+        model.checkpoint_path().display().to_string(),
+        model.checkpoint_sha256().to_string(),
+        model.preset().to_string(),
+        model.rule(),
+    );
     let app = App {
         model,
         batcher,
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         config: Arc::new(config.clone()),
+        metrics: metrics.clone(),
     };
     let trace = tower_http::trace::TraceLayer::new_for_http()
         .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
         .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO));
-    Ok(Router::new()
+    let router = Router::new()
         .route("/", get(page_html))
         .route("/app.js", get(page_js))
         .route("/style.css", get(page_css))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/v1/predict", post(predict))
         .fallback(not_found)
         .with_state(app)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+        .layer(axum::middleware::from_fn_with_state(
             config.request_timeout,
+            request_timeout,
         ))
-        .layer(trace))
+        // Outside the timeout, so that a 408 is counted and timed too.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            metrics::track,
+        ))
+        .layer(trace);
+    Ok((router, metrics))
+}
+
+/// A request that takes longer than `limit` gets 408 with the JSON error shape (its handler
+/// is dropped).
+async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took over {} s: try again",
+                limit.as_secs_f64()
+            ),
+        ),
+    }
 }
 
 /// Serves `model` on `listener` until `shutdown` completes, then finishes the requests under
@@ -141,11 +200,15 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let app = router(Arc::new(model), config)?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Server)
+    let limits = connections::Limits {
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+        shutdown_grace: config.request_timeout + Duration::from_secs(1),
+    };
+    let (router, metrics) = app(Arc::new(model), config)?;
+    connections::serve(listener, router, limits, metrics, shutdown).await;
+    Ok(())
 }
 
 /// Runs the model once on a blank image (a few milliseconds), so that allocations and the
@@ -221,10 +284,21 @@ async fn healthz(State(app): State<App>) -> Json<Health> {
     })
 }
 
+async fn metrics_text(State(app): State<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        )],
+        app.metrics.render(app.batcher.queue_depth()),
+    )
+        .into_response()
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such page: try GET / or POST /v1/predict",
+        "no such page: try GET /, POST /v1/predict, GET /healthz or GET /metrics",
     )
 }
 
@@ -443,9 +517,24 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
         Ok(k) => k,
         Err(response) => return *response,
     };
-    let bytes = match read_body(&headers, body, app.config.max_body_bytes).await {
-        Ok(b) => b,
-        Err(response) => return *response,
+    let body_timeout = app.config.body_timeout;
+    let bytes = match tokio::time::timeout(
+        body_timeout,
+        read_body(&headers, body, app.config.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(response)) => return *response,
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s",
+                    body_timeout.as_secs_f64()
+                ),
+            )
+        }
     };
     let received = std::time::Instant::now();
     let per = app.model.image_len();

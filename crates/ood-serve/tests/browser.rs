@@ -1,8 +1,15 @@
 //! The drawing page in a real browser: headless Chromium driven through chromedriver
 //! (WebDriver), against the server started in this process with the shipped model. A stroke
 //! drawn with the mouse must come out as a 1; a scribble's answer is recorded, not asserted
-//! (what the model says about it is not a property of the page). A screenshot is saved to
-//! `target/browser/page.png`.
+//! (what the model says about it is not a property of the page).
+//!
+//! The screenshot in README.md, `assets/screenshots/serve-page.png`, is this test's own: the
+//! page after the stroke, rewritten by every run whose pixels differ from the committed file.
+//! Beside it, `assets/screenshots/serve-page.json` records what the page showed (the verdict
+//! and the rule in force, read from its DOM); the test fails when the page now shows something
+//! else than the committed record says, so that a new model or rule cannot leave README with a
+//! stale picture: commit the regenerated pair. The scribble's screenshot goes to
+//! `target/browser/page-scribble.png`.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium` and
 //! `chromium-driver`; `.ci/run` installs them), or `OOD_CHROMIUM` and `OOD_CHROMEDRIVER`. When
@@ -146,14 +153,79 @@ async fn stroke(c: &Client, pad: &fantoccini::elements::Element, points: &[(i64,
     c.release_actions().await.unwrap();
 }
 
+/// The checkout (two folders above this crate).
+fn workspace_root() -> PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.ancestors().nth(2).unwrap().to_path_buf()
+}
+
 /// Saves a screenshot of the page as `target/browser/NAME`.
 async fn save_screenshot(c: &Client, name: &str) {
     let png = c.screenshot().await.unwrap();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/browser");
+    let dir = workspace_root().join("target/browser");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, &png).unwrap();
     eprintln!("screenshot: {} ({} bytes)", path.display(), png.len());
+}
+
+/// README's screenshot and the record of what it shows.
+const README_SCREENSHOT: &str = "assets/screenshots/serve-page.png";
+const README_SCREENSHOT_RECORD: &str = "assets/screenshots/serve-page.json";
+
+/// What the page shows that the screenshot's reader would go by: the verdict, the line under
+/// it and the rule in force (its threshold changes with every model or calibration).
+async fn shown(c: &Client) -> serde_json::Value {
+    let text = |id: &'static str| async move {
+        c.execute(
+            "return document.getElementById(arguments[0]).textContent",
+            vec![serde_json::json!(id)],
+        )
+        .await
+        .unwrap()
+    };
+    serde_json::json!({
+        "verdict": text("verdict").await,
+        "guess": text("guess").await,
+        "rule": text("rule").await,
+    })
+}
+
+/// Writes README's screenshot (when its pixels differ from the file's, so that an unchanged
+/// page leaves the committed file alone) and the record of what the page shows; returns the
+/// record as it was before, if there was one.
+async fn save_readme_screenshot(
+    c: &Client,
+    record: &serde_json::Value,
+) -> Option<serde_json::Value> {
+    let root = workspace_root();
+    let (png_path, record_path) = (
+        root.join(README_SCREENSHOT),
+        root.join(README_SCREENSHOT_RECORD),
+    );
+    let before = std::fs::read_to_string(&record_path)
+        .ok()
+        .map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::Null));
+    let png = c.screenshot().await.unwrap();
+    let pixels = |bytes: &[u8]| image::load_from_memory(bytes).ok().map(|i| i.to_rgba8());
+    let new = pixels(&png).expect("the browser's screenshot is a PNG");
+    let old = std::fs::read(&png_path).ok().and_then(|b| pixels(&b));
+    if old.as_ref() != Some(&new) {
+        std::fs::create_dir_all(png_path.parent().unwrap()).unwrap();
+        std::fs::write(&png_path, &png).unwrap();
+        eprintln!(
+            "screenshot: {} rewritten ({} bytes)",
+            png_path.display(),
+            png.len()
+        );
+    } else {
+        eprintln!("screenshot: {} unchanged", png_path.display());
+    }
+    let text = serde_json::to_string_pretty(record).unwrap() + "\n";
+    if std::fs::read_to_string(&record_path).ok().as_deref() != Some(text.as_str()) {
+        std::fs::write(&record_path, text).unwrap();
+    }
+    before
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +274,23 @@ async fn the_page_classifies_what_is_drawn_with_the_mouse() {
         let src = recon.attr("src").await.unwrap().unwrap_or_default();
         assert!(src.starts_with("data:image/png;base64,"), "{src}");
 
-        save_screenshot(&c, "page.png").await;
+        let record = shown(&c).await;
+        eprintln!("the page shows {record}");
+        assert_eq!(record["verdict"], "1", "{record}");
+        assert!(
+            record["rule"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Rule: OOD when")),
+            "no rule on the page: {record}"
+        );
+        let committed = save_readme_screenshot(&c, &record).await;
+        assert!(
+            committed.as_ref() == Some(&record),
+            "README's screenshot was taken of a page that showed\n  {}\nbut the page now shows\n  \
+             {record}\nThis run wrote {README_SCREENSHOT_RECORD} (and {README_SCREENSHOT}, where its \
+             pixels differed): commit them both.",
+            committed.map_or("nothing (no record)".to_string(), |c| c.to_string()),
+        );
 
         // Clear, then a scribble: a zigzag across the pad.
         c.find(Locator::Id("clear"))

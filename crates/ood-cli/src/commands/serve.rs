@@ -33,6 +33,32 @@ pub struct ServeArgs {
     pub threads_per_batch: usize,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// Seconds a request's head may take to arrive (from the accept, or from its first byte
+    /// on a kept-alive connection); then the connection is closed.
+    #[arg(long, default_value_t = ServeConfig::default().header_timeout.as_secs_f64())]
+    pub header_timeout: f64,
+    /// Seconds a kept-alive connection may sit idle between requests.
+    #[arg(long, default_value_t = ServeConfig::default().idle_timeout.as_secs_f64())]
+    pub idle_timeout: f64,
+    /// Seconds a request's body may take to arrive; then 408.
+    #[arg(long, default_value_t = ServeConfig::default().body_timeout.as_secs_f64())]
+    pub body_timeout: f64,
+    /// Seconds a whole request may take, from its head to its answer; then 408.
+    #[arg(long, default_value_t = ServeConfig::default().request_timeout.as_secs_f64())]
+    pub request_timeout: f64,
+    /// Open connections at most (lowered to what the file-descriptor limit allows); at the
+    /// cap the idlest connection makes room for a new one.
+    #[arg(long, default_value_t = ServeConfig::default().max_connections)]
+    pub max_connections: usize,
+}
+
+/// A positive, finite number of seconds from a flag.
+fn seconds(flag: &str, value: f64) -> Result<Duration> {
+    anyhow::ensure!(
+        value.is_finite() && value > 0.0,
+        "--{flag} {value}: give a positive number of seconds"
+    );
+    Ok(Duration::from_secs_f64(value))
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -40,7 +66,19 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let device = args.device.open()?;
     let source = ModelSource::from_args(args.checkpoint.as_deref(), args.calibration.as_deref());
     let model = Model::load(&source, &device)?;
+    anyhow::ensure!(args.max_connections > 0, "--max-connections 0: give at least 1");
+    // Each connection is a file descriptor, and the soft limit is often 1,024 where the hard
+    // one is far higher: raise it as far as allowed (as Go's runtime does), once, here.
+    #[cfg(unix)]
+    if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::info!(limit, "file-descriptor limit");
+    }
     let config = ServeConfig {
+        header_timeout: seconds("header-timeout", args.header_timeout)?,
+        idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
+        body_timeout: seconds("body-timeout", args.body_timeout)?,
+        request_timeout: seconds("request-timeout", args.request_timeout)?,
+        max_connections: args.max_connections,
         batching: BatchPolicy {
             max_batch: args.max_batch,
             wait: Duration::from_micros(args.batch_wait_us),
@@ -62,9 +100,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         let addr = listener.local_addr()?;
         ood_serve::warm_up(&model)?;
         println!(
-            "listening on http://{addr} (model {}, {}; ready in {} ms)",
+            "listening on http://{addr} (model {}, {}; at most {} connections; ready in {} ms)",
             model.checkpoint_path().display(),
             model.rule(),
+            ood_serve::connections::connection_cap(config.max_connections),
             started.elapsed().as_millis()
         );
         ood_serve::serve(listener, model, config, shutdown_signal()).await?;
