@@ -264,6 +264,16 @@ pub(crate) async fn serve(
     let mut backoff = BACKOFF_MIN;
     tokio::pin!(shutdown);
     loop {
+        if shared.open() > shared.cap {
+            // Past the cap by the connection just accepted: the idlest is closing; accept
+            // more once it has, so that a burst cannot run past the descriptors.
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = shared.slot_freed.notified() => {}
+                _ = tokio::time::sleep(BACKOFF_MAX) => {}
+            }
+            continue;
+        }
         if shared.open() >= shared.cap && !shared.any_evictable() {
             // Every connection is answering a request: new ones wait in the backlog.
             if let Some(held_back) = shared.cap_log.ready() {
