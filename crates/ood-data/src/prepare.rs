@@ -291,7 +291,7 @@ pub fn load_mnist_style(path: &Path) -> Result<Vec<f32>, DataError> {
 
 #[cfg(test)]
 mod tests {
-    use super::test_images::{dark_on_white, gray, nine, strokes};
+    use super::test_images::{dark_on_white, ellipse, gray, nine, strokes};
     use super::*;
     use image::{GrayImage, Rgb, RgbImage, Rgba, RgbaImage};
 
@@ -538,18 +538,7 @@ mod tests {
     /// A 28x28 MNIST-like "0": an anti-aliased ring, white on black, as MNIST bytes / 255, with
     /// an ink box 20 tall (rows 4..=23) and its centre of mass near (14, 13.75).
     fn mnist_blob() -> Vec<f32> {
-        let ring: Vec<[f32; 4]> = (0..24)
-            .map(|i| {
-                let a0 = i as f32 / 24.0 * std::f32::consts::TAU;
-                let a1 = (i + 1) as f32 / 24.0 * std::f32::consts::TAU;
-                [
-                    14.0 + 5.0 * a0.cos(),
-                    13.75 + 8.25 * a0.sin(),
-                    14.0 + 5.0 * a1.cos(),
-                    13.75 + 8.25 * a1.sin(),
-                ]
-            })
-            .collect();
+        let ring = ellipse(14.0, 13.75, 5.0, 8.25, 24);
         strokes(N, N, &ring, 2.5)
             .iter()
             .map(|v| (v * 255.0).round() / 255.0)

@@ -27,20 +27,25 @@ pub(super) fn strokes(w: usize, h: usize, segments: &[[f32; 4]], thickness: f32)
 /// A "9" in the left part of a 100x60 canvas: a ring on a stem, off-centre, taller than
 /// wide, with its centre of mass above the middle of its bounding box.
 pub(super) fn nine() -> Vec<[f32; 4]> {
-    let mut segments: Vec<[f32; 4]> = (0..32)
-        .map(|i| {
-            let a0 = i as f32 / 32.0 * std::f32::consts::TAU;
-            let a1 = (i + 1) as f32 / 32.0 * std::f32::consts::TAU;
-            [
-                30.0 + 12.0 * a0.cos(),
-                20.0 + 11.0 * a0.sin(),
-                30.0 + 12.0 * a1.cos(),
-                20.0 + 11.0 * a1.sin(),
-            ]
-        })
-        .collect();
+    let mut segments = ellipse(30.0, 20.0, 12.0, 11.0, 32);
     segments.push([42.0, 20.0, 37.0, 52.0]);
     segments
+}
+
+/// An ellipse centred at (`cx`, `cy`) with radii `rx` and `ry`, as `n` line segments.
+pub(super) fn ellipse(cx: f32, cy: f32, rx: f32, ry: f32, n: usize) -> Vec<[f32; 4]> {
+    (0..n)
+        .map(|i| {
+            let a0 = i as f32 / n as f32 * std::f32::consts::TAU;
+            let a1 = (i + 1) as f32 / n as f32 * std::f32::consts::TAU;
+            [
+                cx + rx * a0.cos(),
+                cy + ry * a0.sin(),
+                cx + rx * a1.cos(),
+                cy + ry * a1.sin(),
+            ]
+        })
+        .collect()
 }
 
 /// Dark stroke on a white background, as bytes.
