@@ -1,6 +1,9 @@
-//! `cargo xtask loadtest [--clients N] [--seconds S]`: a release `ood serve` on a loopback port
-//! (a child process), N clients posting drawn digits for S seconds (throughput, latency,
-//! errors), then malformed requests that must each get a 4xx while the server stays healthy.
+//! `cargo xtask loadtest [--clients N] [--seconds S] [--slow-clients M]`: a release `ood serve`
+//! on a loopback port (a child process), N clients posting drawn digits for S seconds
+//! (throughput, latency, errors); with M slow clients, a second run of the same load while M
+//! slowloris connections are held, each of which the server must close within its header
+//! timeout; then malformed requests that must each get a 4xx while the server stays healthy.
+//! The server's resident memory is reported 10 s in and at the end (a soak: `--seconds 300`).
 //!
 //! Traffic goes to 127.0.0.1 only, through a plain HTTP client with no proxy; the request loop
 //! is bounded by the time given, and the server is stopped at the end.
@@ -19,42 +22,23 @@ use std::time::{Duration, Instant};
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-struct Args {
-    clients: usize,
+/// `cargo xtask loadtest`'s options.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Clients posting drawn digits at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    clients: u64,
+    /// Seconds of load (of each run, with --slow-clients).
+    #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// What follows `--`: passed on to `ood serve` (`--max-batch 32`, say).
+    /// Slowloris connections (a request head that never ends, one header line every 5 s)
+    /// held during a second run of the load; each must be closed by the server within its
+    /// header timeout.
+    #[arg(long, default_value_t = 0)]
+    slow_clients: usize,
+    /// Arguments for `ood serve` (`-- --max-batch 32`, say).
+    #[arg(last = true)]
     serve_args: Vec<String>,
-}
-
-fn parse(args: &[String]) -> Result<Args> {
-    let mut out = Args {
-        clients: 32,
-        seconds: 10.0,
-        serve_args: Vec::new(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .with_context(|| format!("{name} needs a value"))
-                .cloned()
-        };
-        match a.as_str() {
-            "--clients" => out.clients = value("--clients")?.parse()?,
-            "--seconds" => out.seconds = value("--seconds")?.parse()?,
-            "--" => {
-                out.serve_args = it.by_ref().cloned().collect();
-            }
-            other => bail!(
-                "unknown loadtest argument {other:?}: --clients N --seconds S [-- ood serve arguments]"
-            ),
-        }
-    }
-    anyhow::ensure!(
-        out.clients > 0 && out.seconds > 0.0,
-        "give --clients > 0 and --seconds > 0"
-    );
-    Ok(out)
 }
 
 /// The release `ood` binary, built first.
@@ -228,8 +212,21 @@ fn garbage(digit_png: &[u8]) -> Vec<(&'static str, Option<&'static str>, Bytes)>
     ]
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let args = parse(args)?;
+pub fn run(args: &Args) -> Result<()> {
+    anyhow::ensure!(
+        args.seconds > 0.0 && args.seconds.is_finite(),
+        "--seconds {}: give a positive number",
+        args.seconds
+    );
+    // Every slow client is a socket of this process.
+    if args.slow_clients > 0 {
+        let limit = rlimit::increase_nofile_limit(u64::MAX)?;
+        anyhow::ensure!(
+            limit as usize > args.slow_clients + args.clients as usize + 64,
+            "--slow-clients {}: this process may open only {limit} files",
+            args.slow_clients
+        );
+    }
     let ood = build_ood()?;
     let log_dir = crate::workspace_root().join("target").join("loadtest");
     std::fs::create_dir_all(&log_dir)?;
@@ -240,7 +237,8 @@ pub fn run(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     let addr = server.addr.clone();
-    let outcome = runtime.block_on(drive(&addr, &args));
+    let pid = server.child.id();
+    let outcome = runtime.block_on(drive(&addr, pid, args));
     let alive = server.alive();
     drop(server);
     let report = outcome?;
@@ -255,18 +253,171 @@ pub fn run(args: &[String]) -> Result<()> {
             report.bad_garbage
         );
     }
+    if let Some(why) = report.slow_failure {
+        bail!("{why}");
+    }
     Ok(())
 }
 
 struct Report {
     table: String,
     bad_garbage: usize,
+    /// Why the slow clients' run failed, if it did.
+    slow_failure: Option<String>,
 }
 
-async fn drive(addr: &str, args: &Args) -> Result<Report> {
+/// One run of the load: every successful prediction's latency, and the failures.
+struct Load {
+    latencies: Vec<Duration>,
+    errors: usize,
+    elapsed: f64,
+}
+
+/// `clients` clients post the drawn digits in turn for `duration`; `at_10s` runs once, 10 s
+/// in (or at the end of a shorter run).
+async fn load(
+    client: &HttpClient,
+    addr: &str,
+    images: &Arc<Vec<(u8, Bytes)>>,
+    clients: u64,
+    duration: Duration,
+    at_10s: impl FnOnce(),
+) -> Result<Load> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients as usize {
+        let client = client.clone();
+        let images = images.clone();
+        let addr = addr.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            let mut i = c;
+            while start.elapsed() < duration {
+                let png = images[i % images.len()].1.clone();
+                i += 1;
+                let t = Instant::now();
+                match post(&client, &addr, "/v1/predict", Some("image/png"), png).await {
+                    Ok((200, _)) => latencies.push(t.elapsed()),
+                    Ok(_) | Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(duration.min(Duration::from_secs(10))).await;
+    at_10s();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort();
+    Ok(Load {
+        latencies,
+        errors,
+        elapsed: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The server's resident memory in MB (`VmRSS` of /proc/PID/status; None elsewhere).
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// What the slow clients saw: how long each connection lived before the server closed it.
+#[derive(Default)]
+struct Slow {
+    /// Lifetimes of the connections the server closed.
+    closed: Vec<Duration>,
+    /// Connections still open when the wait for them ended.
+    still_open: usize,
+    /// Connections that could not be opened.
+    refused: usize,
+}
+
+/// One slowloris client: a request head that never ends, one header line every `every`;
+/// when the server closes it, again, until `stop`. Each connection's lifetime is recorded.
+async fn slowloris(
+    addr: std::net::SocketAddr,
+    every: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+    give_up: Duration,
+    opened: Arc<tokio::sync::Semaphore>,
+) -> Slow {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = Slow::default();
+    let mut first = true;
+    while first || !*stop.borrow() {
+        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+            out.refused += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if std::mem::take(&mut first) {
+            opened.add_permits(1);
+        }
+        let connected = Instant::now();
+        let _ = s
+            .write_all(b"POST /v1/predict HTTP/1.1\r\nHost: loadtest\r\n")
+            .await;
+        let mut line = 0u64;
+        let mut buf = [0u8; 512];
+        let closed = loop {
+            tokio::select! {
+                read = s.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break true,
+                    Ok(_) => {}
+                },
+                _ = tokio::time::sleep(every) => {
+                    line += 1;
+                    if s.write_all(format!("X-Slow-{line}: 1\r\n").as_bytes()).await.is_err() {
+                        break true;
+                    }
+                }
+            }
+            if connected.elapsed() > give_up {
+                break false;
+            }
+        };
+        if closed {
+            out.closed.push(connected.elapsed());
+        } else {
+            out.still_open += 1;
+            return out;
+        }
+    }
+    out
+}
+
+fn row(label: &str, slow: usize, l: &Load, clients: u64) -> String {
+    format!(
+        "| {label} | {clients} | {slow} | {:.1} | {} | {:.0} | {} | {} | {} | {} |\n",
+        l.elapsed,
+        l.latencies.len(),
+        l.latencies.len() as f64 / l.elapsed,
+        ms(percentile(&l.latencies, 0.5)),
+        ms(percentile(&l.latencies, 0.99)),
+        ms(l.latencies.last().copied().unwrap_or_default()),
+        l.errors,
+    )
+}
+
+async fn drive(addr: &str, pid: u32, args: &Args) -> Result<Report> {
     // Plain HTTP to the loopback address given; no proxy is consulted.
     let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.clients)
+        .pool_max_idle_per_host(args.clients as usize)
         .build_http();
     wait_healthy(&client, addr).await?;
     let images: Arc<Vec<(u8, Bytes)>> = Arc::new(
@@ -294,59 +445,115 @@ async fn drive(addr: &str, args: &Args) -> Result<Report> {
     println!("drawn digits (64 px) answered: {}", said.join(" "));
 
     let duration = Duration::from_secs_f64(args.seconds);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..args.clients {
-        let client = client.clone();
-        let images = images.clone();
-        let addr = addr.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0usize;
-            let mut i = c;
-            while start.elapsed() < duration {
-                let png = images[i % images.len()].1.clone();
-                i += 1;
-                let t = Instant::now();
-                match post(&client, &addr, "/v1/predict", Some("image/png"), png).await {
-                    Ok((200, _)) => latencies.push(t.elapsed()),
-                    Ok(_) | Err(_) => errors += 1,
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        latencies.extend(l);
-        errors += e;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    latencies.sort();
+    let rss_start = std::cell::Cell::new(None);
+    let plain = load(&client, addr, &images, args.clients, duration, || {
+        rss_start.set(rss_mb(pid))
+    })
+    .await?;
     let (_, health) = get(&client, addr, "/healthz").await?;
     let health: serde_json::Value = serde_json::from_slice(&health)?;
     let (predictions, batches) = (
         health["predictions"].as_f64().unwrap_or(0.0),
         health["batches"].as_f64().unwrap_or(0.0),
     );
+    let header_timeout = health["limits"]["header_timeout_s"]
+        .as_f64()
+        .context("/healthz gives no limits.header_timeout_s")?;
 
-    let mut table = format!(
-        "| clients | seconds | predictions | predictions/s | p50 | p99 | max | errors | mean batch | largest batch |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
-         | {} | {:.1} | {} | {:.0} | {} | {} | {} | {} | {:.1} | {} |\n",
-        args.clients,
-        elapsed,
-        latencies.len(),
-        latencies.len() as f64 / elapsed,
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        ms(latencies.last().copied().unwrap_or_default()),
-        errors,
+    let mut table = String::from(
+        "| run | clients | slow connections | seconds | predictions | predictions/s | p50 | p99 | max | errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    table += &row("load", 0, &plain, args.clients);
+    let rss_after_load = rss_mb(pid);
+    let mut slow_failure = None;
+    let mut slow_lines = String::new();
+    if args.slow_clients > 0 {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let opened = Arc::new(tokio::sync::Semaphore::new(0));
+        let socket: std::net::SocketAddr = addr.parse()?;
+        // A connection still open this long after it was opened was not closed in time.
+        let give_up = Duration::from_secs_f64(header_timeout + 5.0);
+        let slow: Vec<_> = (0..args.slow_clients)
+            .map(|_| {
+                tokio::spawn(slowloris(
+                    socket,
+                    Duration::from_secs(5),
+                    stop_rx.clone(),
+                    give_up,
+                    opened.clone(),
+                ))
+            })
+            .collect();
+        // Every slow client connected before the load starts (or 10 s passed).
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            opened.acquire_many(args.slow_clients as u32),
+        )
+        .await;
+        let with_slow = load(&client, addr, &images, args.clients, duration, || {}).await?;
+        table += &row("load + slowloris", args.slow_clients, &with_slow, args.clients);
+        let _ = stop_tx.send(true);
+        let mut all = Slow::default();
+        for t in slow {
+            let s = t.await?;
+            all.closed.extend(s.closed);
+            all.still_open += s.still_open;
+            all.refused += s.refused;
+        }
+        all.closed.sort();
+        let slack = Duration::from_secs(1);
+        let late = all
+            .closed
+            .iter()
+            .filter(|d| **d > Duration::from_secs_f64(header_timeout) + slack)
+            .count();
+        slow_lines = format!(
+            "\nslowloris: {} connections opened by {} clients (one header line every 5 s), {} \
+             closed by the server after {} (median) / {} (longest) with a header timeout of \
+             {header_timeout} s; {late} closed later than the timeout + 1 s, {} still open \
+             after {} s, {} connects refused\n",
+            all.closed.len() + all.still_open,
+            args.slow_clients,
+            all.closed.len(),
+            ms(percentile(&all.closed, 0.5)),
+            ms(all.closed.last().copied().unwrap_or_default()),
+            all.still_open,
+            give_up.as_secs(),
+            all.refused,
+        );
+        if late > 0 || all.still_open > 0 {
+            slow_failure = Some(format!(
+                "{late} slow connections outlived the header timeout and {} were never closed",
+                all.still_open
+            ));
+        }
+        if with_slow.errors > 0 {
+            slow_failure.get_or_insert(format!(
+                "{} predictions failed while the slow clients were held",
+                with_slow.errors
+            ));
+        }
+    }
+    table += &format!(
+        "\nmean batch {:.1}, largest batch {} (first run)\n",
         if batches > 0.0 { predictions / batches } else { 0.0 },
         health["largest_batch"],
     );
+    table += &slow_lines;
+    if let (Some(a), Some(b)) = (rss_start.get(), rss_after_load) {
+        table += &format!(
+            "server RSS: {a:.1} MB {} s into the load, {b:.1} MB at its end ({:+.1}%)",
+            args.seconds.min(10.0),
+            (b / a - 1.0) * 100.0
+        );
+        if args.slow_clients > 0 {
+            if let Some(c) = rss_mb(pid) {
+                table += &format!(", {c:.1} MB after the slowloris run");
+            }
+        }
+        table += "\n";
+    }
 
     table += "\n| malformed request | status | 4xx |\n|---|---:|---|\n";
     let mut bad = 0;
@@ -391,5 +598,6 @@ async fn drive(addr: &str, args: &Args) -> Result<Report> {
     Ok(Report {
         table,
         bad_garbage: bad,
+        slow_failure,
     })
 }

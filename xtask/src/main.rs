@@ -91,13 +91,11 @@ enum Task {
     Serve(PassOn),
     /// A release `ood serve` under load, then malformed requests
     ///
-    /// N clients post drawn digits for S seconds (default 32, 10), then malformed requests
-    /// follow; fails if one gets no 4xx or the server dies.
-    #[command(
-        override_usage = "cargo xtask loadtest [--clients N] [--seconds S] [-- SERVE_ARGS...]",
-        mut_arg("args", |a| a.help("--clients N, --seconds S, then after `--` arguments for `ood serve`"))
-    )]
-    Loadtest(PassOn),
+    /// N clients post drawn digits for S seconds (default 32, 10); with --slow-clients M, a
+    /// second run holds M slowloris connections meanwhile. Then malformed requests follow.
+    /// Reports the server's memory at the start and the end. Fails if a malformed request
+    /// gets no 4xx, a slow connection outlives the header timeout, or the server dies.
+    Loadtest(loadtest::Args),
     /// Run what CI runs (.ci/run)
     Ci,
 }
@@ -268,9 +266,7 @@ fn main() -> Result<()> {
             ood(&[], &ood_args("bench-ood", &ckpt, &p.args, bench_dir))
         }
         Task::ReleaseModel(a) => release::run(&a),
-        // The load test reads its own flags (loadtest.rs); hand it the arguments exactly as
-        // given, a leading `--` included (clap would take that one as its own).
-        Task::Loadtest(_) => loadtest::run(&argv[2..]),
+        Task::Loadtest(a) => loadtest::run(&a),
         Task::Ablate(a) => studies::ablate(&a),
         Task::Sweep(a) => studies::sweep(&a),
         Task::Seeds(a) => studies::seeds(&a),

@@ -256,6 +256,18 @@ struct Health {
     predictions: u64,
     batches: u64,
     largest_batch: u64,
+    limits: Limits,
+}
+
+/// The limits in force, so that a client (the load test) can check them.
+#[derive(Serialize)]
+struct Limits {
+    header_timeout_s: f64,
+    idle_timeout_s: f64,
+    body_timeout_s: f64,
+    request_timeout_s: f64,
+    max_connections: usize,
+    max_body_bytes: usize,
 }
 
 #[derive(Serialize)]
@@ -281,6 +293,14 @@ async fn healthz(State(app): State<App>) -> Json<Health> {
         predictions: s.predictions.load(Ordering::Relaxed),
         batches: s.batches.load(Ordering::Relaxed),
         largest_batch: s.largest_batch.load(Ordering::Relaxed),
+        limits: Limits {
+            header_timeout_s: app.config.header_timeout.as_secs_f64(),
+            idle_timeout_s: app.config.idle_timeout.as_secs_f64(),
+            body_timeout_s: app.config.body_timeout.as_secs_f64(),
+            request_timeout_s: app.config.request_timeout.as_secs_f64(),
+            max_connections: connections::connection_cap(app.config.max_connections),
+            max_body_bytes: app.config.max_body_bytes,
+        },
     })
 }
 
