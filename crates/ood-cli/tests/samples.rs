@@ -1,6 +1,6 @@
 //! The sample images of `assets/samples/`: each is exactly what `examples/draw_samples.rs`
 //! draws from its strokes, and `ood predict` with the shipped model (no data, no training)
-//! answers for each what `assets/samples/README.md` says it answers.
+//! answers for each what `assets/README.md` says it answers.
 
 #[allow(dead_code)] // its `main` is the example's
 #[path = "../examples/draw_samples.rs"]
@@ -10,7 +10,7 @@ use draw_samples::{render, samples_dir, CANVAS, SAMPLES};
 use std::process::Command;
 
 /// What the shipped model answers for each sample: `Some(digit)` when it accepts the drawing as
-/// that digit, `None` when it says "unknown". Keep `assets/samples/README.md` in step.
+/// that digit, `None` when it says "unknown". Keep `assets/README.md` in step.
 const EXPECTED: &[(&str, Option<u8>)] = &[
     ("digit-1", Some(1)),
     ("digit-2", Some(2)),
@@ -62,11 +62,11 @@ fn the_committed_samples_are_what_draw_samples_draws() {
             path.display()
         );
     }
-    // Every PNG in the folder is drawn by the program, and every sample has an expected answer.
+    // Every file in the folder is a PNG drawn by the program (README's first command,
+    // `ood predict assets/samples/*`, reads them all), and every sample has an expected answer.
     let mut pngs: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".png"))
         .collect();
     pngs.sort();
     let mut names: Vec<String> = SAMPLES.iter().map(|s| format!("{}.png", s.name)).collect();
@@ -126,7 +126,7 @@ fn the_shipped_model_answers_each_sample_as_recorded() {
     assert!(
         wrong.is_empty(),
         "the shipped model's answers changed (update tests/samples.rs and \
-         assets/samples/README.md if that is intended):\n{}",
+         assets/README.md if that is intended):\n{}",
         wrong.join("\n")
     );
 }
