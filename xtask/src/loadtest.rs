@@ -362,6 +362,9 @@ async fn slowloris(
     while first || !*stop.borrow() {
         let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
             out.refused += 1;
+            if *stop.borrow() {
+                return out;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };

@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -121,8 +121,12 @@ struct Shared {
     cap: usize,
     metrics: Arc<Metrics>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// `conns.len()`, readable without the lock (by a request ending, see [`InService`]).
+    open: AtomicUsize,
+    /// Connections asked to close that have not closed yet.
+    closing: AtomicUsize,
     next_id: AtomicU64,
-    /// A connection closed: the accept loop may be waiting for a slot.
+    /// A connection closed, or one at the cap became idle: the accept loop may be waiting.
     slot_freed: Notify,
     cap_log: RateLimited,
     accept_log: RateLimited,
@@ -138,7 +142,19 @@ impl Shared {
     }
 
     fn open(&self) -> usize {
-        self.conns.lock().expect("connection table").len()
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Waits until fewer than `open` connections are open (or `limit` passes): a stale wake-up
+    /// of `slot_freed` must not pass for a closed connection.
+    async fn until_fewer_than(&self, open: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.open() >= open && Instant::now() < deadline {
+            tokio::select! {
+                _ = self.slot_freed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
     }
 
     fn register(&self) -> Arc<Conn> {
@@ -152,15 +168,20 @@ impl Shared {
         });
         let mut conns = self.conns.lock().expect("connection table");
         conns.insert(conn.id, conn.clone());
+        self.open.store(conns.len(), Ordering::Release);
         self.metrics.connections_open.set(conns.len() as i64);
         conn
     }
 
-    fn unregister(&self, id: u64, reason: CloseReason) {
+    fn unregister(&self, conn: &Conn, reason: CloseReason) {
         {
             let mut conns = self.conns.lock().expect("connection table");
-            conns.remove(&id);
+            conns.remove(&conn.id);
+            self.open.store(conns.len(), Ordering::Release);
             self.metrics.connections_open.set(conns.len() as i64);
+        }
+        if conn.close.load(Ordering::Acquire) != 0 {
+            self.closing.fetch_sub(1, Ordering::AcqRel);
         }
         self.metrics.closed(reason);
         self.slot_freed.notify_one();
@@ -175,7 +196,13 @@ impl Shared {
             .values()
             .filter(|c| Some(c.id) != except && c.evictable())
             .min_by_key(|c| (c.served.load(Ordering::Relaxed) > 0, c.phase().1))
-            .is_some_and(|c| c.evict())
+            .is_some_and(|c| {
+                let asked = c.evict();
+                if asked {
+                    self.closing.fetch_add(1, Ordering::AcqRel);
+                }
+                asked
+            })
     }
 
     fn any_evictable(&self) -> bool {
@@ -187,16 +214,15 @@ impl Shared {
     fn deadline(&self, conn: &Conn) -> (Instant, Option<CloseReason>) {
         let (phase, since) = conn.phase();
         let since = self.at(since);
+        let far = Instant::now() + Duration::from_secs(3600);
+        let after = |timeout| since.checked_add(timeout).unwrap_or(far).min(far);
         match phase {
             AWAITING_HEAD => (
-                since + self.limits.header_timeout,
+                after(self.limits.header_timeout),
                 Some(CloseReason::HeaderTimeout),
             ),
-            IDLE => (
-                since + self.limits.idle_timeout,
-                Some(CloseReason::IdleTimeout),
-            ),
-            _ => (Instant::now() + Duration::from_secs(3600), None),
+            IDLE => (after(self.limits.idle_timeout), Some(CloseReason::IdleTimeout)),
+            _ => (far, None),
         }
     }
 }
@@ -254,6 +280,8 @@ pub(crate) async fn serve(
         cap,
         metrics,
         conns: Mutex::new(HashMap::new()),
+        open: AtomicUsize::new(0),
+        closing: AtomicUsize::new(0),
         next_id: AtomicU64::new(0),
         slot_freed: Notify::new(),
         cap_log: RateLimited::new(),
@@ -264,17 +292,21 @@ pub(crate) async fn serve(
     let mut backoff = BACKOFF_MIN;
     tokio::pin!(shutdown);
     loop {
-        if shared.open() > shared.cap {
-            // Past the cap by the connection just accepted: the idlest is closing; accept
-            // more once it has, so that a burst cannot run past the descriptors.
+        let open = shared.open();
+        if open > shared.cap {
+            // Past the cap by the connection just accepted: the idlest closes first, so that a
+            // burst cannot run past the descriptors. If none was closing (every connection was
+            // busy when the new one came), ask again: one may be idle by now.
+            if shared.closing.load(Ordering::Acquire) == 0 {
+                shared.evict_idlest(None);
+            }
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = shared.slot_freed.notified() => {}
-                _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                _ = shared.until_fewer_than(open, CAP_RECHECK) => {}
             }
             continue;
         }
-        if shared.open() >= shared.cap && !shared.any_evictable() {
+        if open >= shared.cap && !shared.any_evictable() {
             // Every connection is answering a request: new ones wait in the backlog.
             if let Some(held_back) = shared.cap_log.ready() {
                 tracing::warn!(
@@ -284,16 +316,21 @@ pub(crate) async fn serve(
                     "connection cap reached with a request on every connection: new connections wait"
                 );
             }
+            // A connection closing or a request ending wakes this; the timer is a safety net.
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = shared.slot_freed.notified() => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(CAP_RECHECK) => {}
             }
             continue;
         }
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!("a connection's task failed: {e}");
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     backoff = BACKOFF_MIN;
@@ -311,9 +348,9 @@ pub(crate) async fn serve(
                     }
                     let (shared, router, stop_rx) = (shared.clone(), router.clone(), stop_rx.clone());
                     tasks.spawn(async move {
-                        let id = conn.id;
-                        let reason = connection(stream, router, conn, &shared, stop_rx).await;
-                        shared.unregister(id, reason);
+                        // Unregistered on every exit, a panic's included.
+                        let mut open = Registered { shared: &shared, conn: &conn, reason: CloseReason::Client };
+                        open.reason = connection(stream, router, conn.clone(), &shared, stop_rx).await;
                     });
                 }
                 Err(e) if is_per_connection(&e) => {
@@ -336,10 +373,10 @@ pub(crate) async fn serve(
                         );
                     }
                     if evicted {
+                        let open = shared.open();
                         tokio::select! {
                             _ = &mut shutdown => break,
-                            _ = shared.slot_freed.notified() => {}
-                            _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                            _ = shared.until_fewer_than(open, BACKOFF_MAX) => {}
                         }
                     } else {
                         tokio::select! {
@@ -358,6 +395,8 @@ pub(crate) async fn serve(
     while tasks.join_next().await.is_some() {}
 }
 
+/// How often the accept loop looks again for a connection to close while at the cap.
+const CAP_RECHECK: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -451,6 +490,19 @@ async fn connection(
     }
 }
 
+/// Takes a connection off the table when its task ends, however it ends.
+struct Registered<'a> {
+    shared: &'a Shared,
+    conn: &'a Conn,
+    reason: CloseReason,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.shared.unregister(self.conn, self.reason);
+    }
+}
+
 /// Marks a connection in service while a request is in the handlers.
 struct InService {
     conn: Arc<Conn>,
@@ -470,6 +522,10 @@ impl Drop for InService {
     fn drop(&mut self) {
         if self.conn.in_service.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.conn.set_phase(IDLE, self.shared.now_ms());
+            // At the cap, an idle connection is room for a waiting one.
+            if self.shared.open() >= self.shared.cap {
+                self.shared.slot_freed.notify_one();
+            }
         }
     }
 }

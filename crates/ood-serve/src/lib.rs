@@ -167,6 +167,15 @@ fn app(model: Arc<Model>, config: ServeConfig) -> Result<(Router, Arc<metrics::M
             config.request_timeout,
             request_timeout,
         ))
+        // A handler that panics answers 500 as JSON, and its connection lives on.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the server failed on this request",
+                )
+            },
+        ))
         // Outside the timeout, so that a 408 is counted and timed too.
         .layer(axum::middleware::from_fn_with_state(
             metrics.clone(),

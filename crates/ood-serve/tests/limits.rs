@@ -48,8 +48,9 @@ async fn slowloris_and_silent_connections_are_closed_within_the_header_timeout_w
     let mut slow = Vec::new();
     for i in 0..300 {
         slow.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
+            // Timed from before the connect: a starved client task may resume late after it.
             let connected = Instant::now();
+            let mut s = TcpStream::connect(addr).await.unwrap();
             if i % 2 == 0 {
                 s.write_all(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")
                     .await
@@ -94,11 +95,22 @@ async fn slowloris_and_silent_connections_are_closed_within_the_header_timeout_w
     // None was closed before its time either (the timeout, not something else, closed them).
     let shortest = lifetimes.iter().min().unwrap();
     assert!(*shortest > secs(header_timeout * 0.9), "{shortest:?}");
-    let text = metrics(&server).await;
-    assert_eq!(
-        sample(&text, "ood_connections_closed_total", &[("reason", "header_timeout")]),
-        Some(300.0)
-    );
+    // The server counts a close just after the socket closes: give it a moment.
+    let counted = async {
+        loop {
+            let text = metrics(&server).await;
+            let closed =
+                sample(&text, "ood_connections_closed_total", &[("reason", "header_timeout")]);
+            if closed == Some(300.0) {
+                return;
+            }
+            assert!(closed.unwrap_or(0.0) < 300.0, "{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(secs(2.0), counted)
+        .await
+        .expect("300 closes by the header timeout counted");
     server.stop().await.unwrap();
 }
 
@@ -279,8 +291,10 @@ async fn metrics_parse_and_count_exactly_the_requests_made() {
     assert_eq!(histogram_sum(&after, "ood_batch_size"), 5.0, "{after}");
     assert_eq!(sample(&after, "ood_http_requests_in_flight", &[]), Some(1.0));
     assert_eq!(sample(&after, "ood_queue_depth", &[]), Some(0.0));
-    // This client's one kept-alive connection.
-    assert_eq!(sample(&after, "ood_connections_open", &[]), Some(1.0), "{after}");
+    // This client's kept-alive connection (a second one if the pool had not got the first
+    // back in time).
+    let open = sample(&after, "ood_connections_open", &[]).unwrap();
+    assert!((1.0..=2.0).contains(&open), "{after}");
     assert!(sample(&after, "ood_connections_limit", &[]).unwrap() >= 1.0);
     let model = family(&after, "ood_model_info");
     assert_eq!(model.len(), 1, "{model:?}");
@@ -314,4 +328,69 @@ fn histogram_sum(text: &str, name: &str) -> f64 {
         .find(|l| l.starts_with(&format!("{name}_sum ")))
         .unwrap_or_else(|| panic!("no {name}_sum in\n{text}"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Sends one request on a kept-alive connection and reads its answer (by Content-Length).
+async fn exchange(s: &mut TcpStream, request: &[u8]) -> String {
+    s.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(secs(5.0), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length: usize = text[..head_end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            if got.len() >= head_end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_an_idle_kept_alive_connection_makes_room_and_the_others_go_on() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start(ServeConfig {
+        max_connections: 2,
+        ..Default::default()
+    })
+    .await;
+    let png = drawn_png(SEVEN, 64);
+    let post = [
+        format!(
+            "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+            png.len()
+        )
+        .into_bytes(),
+        png,
+    ]
+    .concat();
+    // Two kept-alive connections fill the cap; each has been answered and is now idle.
+    let mut first = TcpStream::connect(server.addr).await.unwrap();
+    assert!(exchange(&mut first, &post).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut second = TcpStream::connect(server.addr).await.unwrap();
+    assert!(exchange(&mut second, &post).await.starts_with("HTTP/1.1 200"));
+    // A third client gets in at once: the connection idle longest (the first) makes room.
+    let started = Instant::now();
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    let health = exchange(&mut third, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(started.elapsed() < secs(1.0), "{:?}", started.elapsed());
+    let (_, closed) = until_closed(&mut first, secs(2.0)).await;
+    assert!(closed.is_some(), "the idlest connection was not closed");
+    // The connection kept goes on answering predictions.
+    assert!(exchange(&mut second, &post).await.starts_with("HTTP/1.1 200"));
+    server.stop().await.unwrap();
 }

@@ -52,11 +52,11 @@ pub struct ServeArgs {
     pub max_connections: usize,
 }
 
-/// A positive, finite number of seconds from a flag.
+/// A number of seconds from a flag: positive, and at most a day.
 fn seconds(flag: &str, value: f64) -> Result<Duration> {
     anyhow::ensure!(
-        value.is_finite() && value > 0.0,
-        "--{flag} {value}: give a positive number of seconds"
+        value > 0.0 && value <= 86_400.0,
+        "--{flag} {value}: give a number of seconds above 0 and at most 86400 (a day)"
     );
     Ok(Duration::from_secs_f64(value))
 }
