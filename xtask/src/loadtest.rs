@@ -36,6 +36,9 @@ pub struct Args {
     /// header timeout.
     #[arg(long, default_value_t = 0)]
     slow_clients: usize,
+    /// Serve with this `ood` binary instead of building the release one (to compare builds).
+    #[arg(long, value_name = "PATH")]
+    ood: Option<PathBuf>,
     /// Arguments for `ood serve` (`-- --max-batch 32`, say).
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -227,7 +230,10 @@ pub fn run(args: &Args) -> Result<()> {
             args.slow_clients
         );
     }
-    let ood = build_ood()?;
+    let ood = match &args.ood {
+        Some(path) => path.clone(),
+        None => build_ood()?,
+    };
     let log_dir = crate::workspace_root().join("target").join("loadtest");
     std::fs::create_dir_all(&log_dir)?;
     let log = log_dir.join("serve.log");
