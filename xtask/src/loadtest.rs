@@ -465,9 +465,6 @@ async fn drive(addr: &str, pid: u32, args: &Args) -> Result<Report> {
         health["predictions"].as_f64().unwrap_or(0.0),
         health["batches"].as_f64().unwrap_or(0.0),
     );
-    let header_timeout = health["limits"]["header_timeout_s"]
-        .as_f64()
-        .context("/healthz gives no limits.header_timeout_s")?;
 
     let mut table = String::from(
         "| run | clients | slow connections | seconds | predictions | predictions/s | p50 | p99 | max | errors |\n\
@@ -478,6 +475,9 @@ async fn drive(addr: &str, pid: u32, args: &Args) -> Result<Report> {
     let mut slow_failure = None;
     let mut slow_lines = String::new();
     if args.slow_clients > 0 {
+        let header_timeout = health["limits"]["header_timeout_s"]
+            .as_f64()
+            .context("/healthz gives no limits.header_timeout_s")?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let opened = Arc::new(tokio::sync::Semaphore::new(0));
         let socket: std::net::SocketAddr = addr.parse()?;

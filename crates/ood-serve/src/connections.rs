@@ -83,14 +83,15 @@ struct Conn {
     in_service: AtomicU64,
     /// Why the server wants it closed (0: it does not), set by the eviction.
     close: AtomicU8,
-    /// Wakes the connection's task: a phase changed or a close was asked for.
+    /// Wakes the connection's task: a close was asked for.
     wake: Notify,
 }
 
 impl Conn {
+    /// No wake-up: the connection's task looks again at least every
+    /// [`Shared::recheck`], and a phase that starts later ends later (see there).
     fn set_phase(&self, phase: u64, now_ms: u64) {
         self.state.store((now_ms << 2) | phase, Ordering::Release);
-        self.wake.notify_one();
     }
 
     fn phase(&self) -> (u64, u64) {
@@ -208,6 +209,14 @@ impl Shared {
     fn any_evictable(&self) -> bool {
         let conns = self.conns.lock().expect("connection table");
         conns.values().any(|c| c.evictable())
+    }
+
+    /// The longest the connection's task sleeps between looks at its phase: the shorter
+    /// timeout. A phase entered at `t` after the task last looked (at `a`) ends at
+    /// `t + timeout >= a + recheck`, so it is never seen late, and the request path (every
+    /// phase change) needs no wake-up.
+    fn recheck(&self) -> Duration {
+        self.limits.header_timeout.min(self.limits.idle_timeout)
     }
 
     /// When the connection's present phase runs out (far off while in service).
@@ -449,9 +458,12 @@ async fn connection(
     // Once the server asked it to close gracefully: why, and when to drop it regardless.
     let mut closing: Option<(CloseReason, Instant)> = None;
     loop {
-        let (deadline, timeout_reason) = match closing {
-            Some((_, hard)) => (hard, None),
-            None => shared.deadline(&conn),
+        let deadline = match closing {
+            Some((_, hard)) => hard,
+            None => shared
+                .deadline(&conn)
+                .0
+                .min(Instant::now() + shared.recheck()),
         };
         let wanted = tokio::select! {
             _ = connection.as_mut() => {
@@ -461,8 +473,10 @@ async fn connection(
                 // Dropping the connection closes the socket.
                 Some((reason, _)) => return reason,
                 // The phase may have moved on since the deadline was read.
-                None if Instant::now() >= shared.deadline(&conn).0 => timeout_reason,
-                None => None,
+                None => match shared.deadline(&conn) {
+                    (deadline, reason) if Instant::now() >= deadline => reason,
+                    _ => None,
+                },
             },
             _ = conn.wake.notified() => {
                 (conn.close.load(Ordering::Acquire) != 0).then_some(CloseReason::Evicted)
