@@ -45,6 +45,33 @@ use tokio::time::Instant;
 /// accepted past the cap while the idlest closes.
 pub const RESERVED_DESCRIPTORS: u64 = 64;
 
+/// The listen backlog: connections the kernel completes before the server accepts them.
+/// `tokio::net::TcpListener::bind` asks for 128; a burst past that (hundreds of clients at once,
+/// or a slowloris wave) has its handshakes dropped and retried by the kernel 1, 3, 7 s later.
+/// nginx asks for 511; the kernel caps it at `net.core.somaxconn` (4096 on current Linux).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` (the first of its addresses that binds) with [`LISTEN_BACKLOG`].
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
+}
+
 /// The connection timeouts and cap (set from [`crate::ServeConfig`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

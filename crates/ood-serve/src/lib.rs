@@ -17,7 +17,7 @@
 //! # async fn run() -> Result<(), ood_serve::ServeError> {
 //! use ood_serve::model::{Model, ModelSource};
 //! let model = Model::load(&ModelSource::Shipped { calibration: None }, &candle_core::Device::Cpu)?;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await
+//! let listener = ood_serve::connections::bind("127.0.0.1:8080").await
 //!     .map_err(ood_serve::ServeError::Server)?;
 //! ood_serve::serve(listener, model, ood_serve::ServeConfig::default(), async {
 //!     let _ = tokio::signal::ctrl_c().await;

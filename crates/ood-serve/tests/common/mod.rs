@@ -28,7 +28,7 @@ impl TestServer {
         )
         .unwrap();
         ood_serve::warm_up(&model).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = ood_serve::connections::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(ood_serve::serve(listener, model, config, async move {
