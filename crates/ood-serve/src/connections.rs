@@ -16,8 +16,9 @@
 //! Open connections are capped below what the file-descriptor limit allows. At the cap a new
 //! connection is still accepted, and the idlest connection with no request in service is
 //! closed instead (one that never sent a whole head first, oldest first; then the one idle
-//! longest), as nginx reuses its idle keep-alive connections when it runs out. When every
-//! connection has a request in service, new ones wait in the listen backlog until one closes.
+//! longest; none in its first 250 ms, so that clients of a burst do not close each other), as
+//! nginx reuses its idle keep-alive connections when it runs out. When no connection can be
+//! closed, new ones wait in the listen backlog until one can.
 //! So requests under way are never cut, and a new client (a health check, say) gets in
 //! although thousands of idle sockets are open. When `accept` fails for want of descriptors
 //! (EMFILE, ENFILE) the idlest connection is closed, the loop backs off (5 ms doubling to 1 s)
@@ -137,8 +138,13 @@ impl Conn {
         asked
     }
 
-    fn evictable(&self) -> bool {
-        self.in_service.load(Ordering::Acquire) == 0 && self.close.load(Ordering::Acquire) == 0
+    /// No request in service, not already closing, and in its phase for [`EVICT_GRACE`] at
+    /// least: a client that has just connected (or just had its answer) gets the time to send
+    /// its head, so that a burst of new clients at the cap does not close each other.
+    fn evictable(&self, now_ms: u64) -> bool {
+        self.in_service.load(Ordering::Acquire) == 0
+            && self.close.load(Ordering::Acquire) == 0
+            && now_ms.saturating_sub(self.phase().1) >= EVICT_GRACE.as_millis() as u64
     }
 }
 
@@ -219,10 +225,11 @@ impl Shared {
     /// that never sent a whole head first, the oldest; then the one idle longest. False when
     /// every connection is busy.
     fn evict_idlest(&self, except: Option<u64>) -> bool {
+        let now_ms = self.now_ms();
         let conns = self.conns.lock().expect("connection table");
         conns
             .values()
-            .filter(|c| Some(c.id) != except && c.evictable())
+            .filter(|c| Some(c.id) != except && c.evictable(now_ms))
             .min_by_key(|c| (c.served.load(Ordering::Relaxed) > 0, c.phase().1))
             .is_some_and(|c| {
                 let asked = c.evict();
@@ -235,7 +242,8 @@ impl Shared {
 
     fn any_evictable(&self) -> bool {
         let conns = self.conns.lock().expect("connection table");
-        conns.values().any(|c| c.evictable())
+        let now_ms = self.now_ms();
+        conns.values().any(|c| c.evictable(now_ms))
     }
 
     /// The longest the connection's task sleeps between looks at its phase: the shorter
@@ -431,6 +439,8 @@ pub(crate) async fn serve(
     while tasks.join_next().await.is_some() {}
 }
 
+/// How long a connection is safe from eviction after it connects or is answered.
+const EVICT_GRACE: Duration = Duration::from_millis(250);
 /// How often the accept loop looks again for a connection to close while at the cap.
 const CAP_RECHECK: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
