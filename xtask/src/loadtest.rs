@@ -501,7 +501,12 @@ async fn drive(addr: &str, pid: u32, args: &Args) -> Result<Report> {
         )
         .await;
         let with_slow = load(&client, addr, &images, args.clients, duration, || {}).await?;
-        table += &row("load + slowloris", args.slow_clients, &with_slow, args.clients);
+        table += &row(
+            "load + slowloris",
+            args.slow_clients,
+            &with_slow,
+            args.clients,
+        );
         let _ = stop_tx.send(true);
         let mut all = Slow::default();
         for t in slow {
@@ -546,7 +551,11 @@ async fn drive(addr: &str, pid: u32, args: &Args) -> Result<Report> {
     }
     table += &format!(
         "\nmean batch {:.1}, largest batch {} (first run)\n",
-        if batches > 0.0 { predictions / batches } else { 0.0 },
+        if batches > 0.0 {
+            predictions / batches
+        } else {
+            0.0
+        },
         health["largest_batch"],
     );
     table += &slow_lines;

@@ -67,7 +67,11 @@ fn get(addr: &str, path: &str) -> (String, Duration) {
     let started = Instant::now();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     (answer, started.elapsed())
@@ -104,7 +108,10 @@ fn past_the_connection_cap_the_idlest_connections_make_room_and_healthz_answers(
     // ones were closed to make room, and the server never ran out of descriptors.
     let evicted = metric(&metrics, "ood_connections_closed_total{reason=\"evicted\"}");
     assert!(evicted >= 108.0, "{evicted} evicted\n{metrics}");
-    assert!(metric(&metrics, "ood_connections_open") <= 193.0, "{metrics}");
+    assert!(
+        metric(&metrics, "ood_connections_open") <= 193.0,
+        "{metrics}"
+    );
     assert!(!metrics.contains("ood_accept_errors_total"), "{metrics}");
     drop(idle);
     let log = server.stop();

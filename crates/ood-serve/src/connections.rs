@@ -265,7 +265,10 @@ impl Shared {
                 after(self.limits.header_timeout),
                 Some(CloseReason::HeaderTimeout),
             ),
-            IDLE => (after(self.limits.idle_timeout), Some(CloseReason::IdleTimeout)),
+            IDLE => (
+                after(self.limits.idle_timeout),
+                Some(CloseReason::IdleTimeout),
+            ),
             _ => (far, None),
         }
     }
@@ -631,10 +634,7 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
@@ -653,8 +653,12 @@ mod tests {
 
     #[test]
     fn only_descriptor_errors_count_as_running_out() {
-        assert!(is_out_of_descriptors(&std::io::Error::from_raw_os_error(24)));
-        assert!(is_out_of_descriptors(&std::io::Error::from_raw_os_error(23)));
+        assert!(is_out_of_descriptors(&std::io::Error::from_raw_os_error(
+            24
+        )));
+        assert!(is_out_of_descriptors(&std::io::Error::from_raw_os_error(
+            23
+        )));
         assert!(!is_out_of_descriptors(&std::io::Error::from_raw_os_error(
             104
         )));

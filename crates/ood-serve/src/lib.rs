@@ -192,10 +192,7 @@ async fn request_timeout(State(limit): State<Duration>, request: Request, next: 
         Ok(response) => response,
         Err(_) => error(
             StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the request took over {} s: try again",
-                limit.as_secs_f64()
-            ),
+            format!("the request took over {} s: try again", limit.as_secs_f64()),
         ),
     }
 }

@@ -57,7 +57,10 @@ async fn slowloris_and_silent_connections_are_closed_within_the_header_timeout_w
                     .unwrap();
                 for line in 0.. {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    if s.write_all(format!("X-Slow-{line}: 1\r\n").as_bytes()).await.is_err() {
+                    if s.write_all(format!("X-Slow-{line}: 1\r\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     if connected.elapsed() > secs(header_timeout + 3.0) {
@@ -100,8 +103,11 @@ async fn slowloris_and_silent_connections_are_closed_within_the_header_timeout_w
     let counted = async {
         loop {
             let text = metrics(&server).await;
-            let closed =
-                sample(&text, "ood_connections_closed_total", &[("reason", "header_timeout")]);
+            let closed = sample(
+                &text,
+                "ood_connections_closed_total",
+                &[("reason", "header_timeout")],
+            );
             if closed.unwrap_or(0.0) >= 300.0 {
                 return;
             }
@@ -159,7 +165,10 @@ async fn a_body_that_does_not_arrive_gets_408_as_json() {
     let (got, _) = until_closed(&mut s, secs(3.0)).await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(text.contains("{\"error\":\"the body did not arrive within 0.5 s\"}"), "{text}");
+    assert!(
+        text.contains("{\"error\":\"the body did not arrive within 0.5 s\"}"),
+        "{text}"
+    );
     assert!(sent.elapsed() < secs(2.0));
     server.stop().await.unwrap();
 }
@@ -195,46 +204,43 @@ async fn a_request_over_its_time_gets_408_as_json() {
 async fn metrics(server: &TestServer) -> String {
     let (status, content_type, body) = server.get("/metrics").await;
     assert_eq!(status, 200);
-    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
     String::from_utf8(body.to_vec()).unwrap()
 }
 
 /// The value of the sample `name{labels...}`, parsed by `prometheus-parse` (a scraper's
 /// parser, not this crate's encoder), which also checks that the whole text parses.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples(text, name)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| number(&s).unwrap_or_else(|| panic!("{name} is not a single number")))
+}
+
+/// Every sample of `name` in the text (which must parse whole).
+fn samples(text: &str, name: &str) -> impl Iterator<Item = prometheus_parse::Sample> {
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .find(|s| {
-            s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-        })
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{name} is not a single number"),
-        })
+    let name = name.to_string();
+    scrape.samples.into_iter().filter(move |s| s.metric == name)
+}
+
+/// A counter's, gauge's or untyped sample's value.
+fn number(s: &prometheus_parse::Sample) -> Option<f64> {
+    match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => Some(v),
+        _ => None,
+    }
 }
 
 /// Every sample of `name` as `labels -> value`.
 fn family(text: &str, name: &str) -> HashMap<String, f64> {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| {
-            let value = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            };
-            (s.labels.to_string(), value)
-        })
+    samples(text, name)
+        .map(|s| (s.labels.to_string(), number(&s).unwrap_or(f64::NAN)))
         .collect()
 }
 
@@ -280,7 +286,11 @@ async fn metrics_parse_and_count_exactly_the_requests_made() {
         );
     }
     // Every sample of the family is accounted for: no other route or status moved.
-    let total = |text: &str| family(text, "ood_http_requests_total").values().sum::<f64>();
+    let total = |text: &str| {
+        family(text, "ood_http_requests_total")
+            .values()
+            .sum::<f64>()
+    };
     assert_eq!(total(&after) - total(&before), 9.0, "{after}");
 
     // The latency histogram saw the same requests; the batch sizes sum to the predictions.
@@ -289,7 +299,10 @@ async fn metrics_parse_and_count_exactly_the_requests_made() {
         6.0
     );
     assert_eq!(histogram_sum(&after, "ood_batch_size"), 5.0, "{after}");
-    assert_eq!(sample(&after, "ood_http_requests_in_flight", &[]), Some(1.0));
+    assert_eq!(
+        sample(&after, "ood_http_requests_in_flight", &[]),
+        Some(1.0)
+    );
     assert_eq!(sample(&after, "ood_queue_depth", &[]), Some(0.0));
     // This client's kept-alive connection (a second one if the pool had not got the first
     // back in time).
@@ -300,17 +313,16 @@ async fn metrics_parse_and_count_exactly_the_requests_made() {
     assert_eq!(model.len(), 1, "{model:?}");
     let (labels, value) = model.iter().next().unwrap();
     assert_eq!(*value, 1.0);
-    assert!(labels.contains("sha256=") && labels.contains("preset=\"small\""), "{labels}");
+    assert!(
+        labels.contains("sha256=") && labels.contains("preset=\"small\""),
+        "{labels}"
+    );
     server.stop().await.unwrap();
 }
 
 fn histogram_count(text: &str, name: &str, route: &str) -> f64 {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && s.labels.get("route") == Some(route))
+    samples(text, name)
+        .find(|s| s.labels.get("route") == Some(route))
         .map(|s| match &s.value {
             prometheus_parse::Value::Histogram(buckets) => {
                 buckets.last().map(|b| b.count).unwrap_or(0.0)
@@ -378,10 +390,14 @@ async fn at_the_cap_an_idle_kept_alive_connection_makes_room_and_the_others_go_o
     .concat();
     // Two kept-alive connections fill the cap; each has been answered and is now idle.
     let mut first = TcpStream::connect(server.addr).await.unwrap();
-    assert!(exchange(&mut first, &post).await.starts_with("HTTP/1.1 200"));
+    assert!(exchange(&mut first, &post)
+        .await
+        .starts_with("HTTP/1.1 200"));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut second = TcpStream::connect(server.addr).await.unwrap();
-    assert!(exchange(&mut second, &post).await.starts_with("HTTP/1.1 200"));
+    assert!(exchange(&mut second, &post)
+        .await
+        .starts_with("HTTP/1.1 200"));
     // A third client gets in at once: the connection idle longest (the first) makes room.
     let started = Instant::now();
     let mut third = TcpStream::connect(server.addr).await.unwrap();
@@ -391,6 +407,8 @@ async fn at_the_cap_an_idle_kept_alive_connection_makes_room_and_the_others_go_o
     let (_, closed) = until_closed(&mut first, secs(2.0)).await;
     assert!(closed.is_some(), "the idlest connection was not closed");
     // The connection kept goes on answering predictions.
-    assert!(exchange(&mut second, &post).await.starts_with("HTTP/1.1 200"));
+    assert!(exchange(&mut second, &post)
+        .await
+        .starts_with("HTTP/1.1 200"));
     server.stop().await.unwrap();
 }

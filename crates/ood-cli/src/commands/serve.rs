@@ -66,7 +66,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let device = args.device.open()?;
     let source = ModelSource::from_args(args.checkpoint.as_deref(), args.calibration.as_deref());
     let model = Model::load(&source, &device)?;
-    anyhow::ensure!(args.max_connections > 0, "--max-connections 0: give at least 1");
+    anyhow::ensure!(
+        args.max_connections > 0,
+        "--max-connections 0: give at least 1"
+    );
     // Each connection is a file descriptor, and the soft limit is often 1,024 where the hard
     // one is far higher: raise it as far as allowed (as Go's runtime does), once, here.
     #[cfg(unix)]
