@@ -106,8 +106,31 @@ fn train_calibrate_evaluate_writes_every_file() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(total, 600);
+    // The drawn-digit set: the same test digits redrawn, every pen first, then each pen, the
+    // pens in turn over the digits.
+    let drawn = e["drawn"].as_array().unwrap();
+    let pens: Vec<&str> = drawn.iter().map(|r| r["pen"].as_str().unwrap()).collect();
+    assert_eq!(pens, ["all", "canvas", "thin", "thick"]);
+    assert_eq!(drawn[0]["n_known"], 300);
+    assert_eq!(drawn[0]["n_unknown"], 300);
+    assert_eq!(
+        drawn[1..]
+            .iter()
+            .map(|r| r["n_known"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [100, 100, 100]
+    );
+    for r in drawn {
+        let (right, refused) = (
+            r["accepted_right"].as_f64().unwrap(),
+            r["refused"].as_f64().unwrap(),
+        );
+        assert!(right + refused <= 1.0 + 1e-12, "{r}");
+        assert!(right <= r["closed_set_accuracy"].as_f64().unwrap(), "{r}");
+    }
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("zero accuracy") && md.contains("AUROC"));
+    assert!(md.contains("## Drawn digits") && md.contains("| thick | 100 |"));
     assert!(
         md.contains("Operating points") && md.contains("MinP[Energy(T=1)+Mahalanobis+KNN(k=50)]")
     );
@@ -184,6 +207,59 @@ fn train_calibrate_evaluate_writes_every_file() {
     assert!(std::fs::read_to_string(bench.join("bench-ood.md"))
         .unwrap()
         .contains("| MSP |"));
+    // Every detector's refusals of valid digits, as MNIST has them and drawn.
+    let refusals = b["drawn_refusals"].as_array().unwrap();
+    assert_eq!(refusals.len(), detectors - 1, "all but ODIN");
+    assert!(refusals.iter().any(|r| r["detector"]
+        .as_str()
+        .unwrap()
+        .ends_with("budget 60/20/20%]")));
+    for r in refusals {
+        for field in ["test_refused", "drawn_refused"] {
+            assert!((0.0..=1.0).contains(&r[field].as_f64().unwrap()), "{r}");
+        }
+    }
+
+    // The energy-led budget with the restyled reference: twice the references, and a rule
+    // that names each member's own p-value limit.
+    let led = dir.path().join("calibration-led.json");
+    run(&[
+        "calibrate",
+        ckpt_s,
+        "--data-dir",
+        root,
+        "--score",
+        "energy-led",
+        "--reference-pens",
+        "--out",
+        led.to_str().unwrap(),
+    ]);
+    let led_cal = ood_eval::read_calibration(&led, &ckpt).unwrap();
+    let rule = led_cal.accept_rule.as_ref().unwrap();
+    assert_eq!(rule.n_restyled, 300);
+    let shares = rule.score.budget_shares();
+    assert!(
+        shares
+            .iter()
+            .zip([0.6, 0.2, 0.2])
+            .all(|(s, want)| (s - want).abs() < 1e-12),
+        "{shares:?}"
+    );
+    let said = led_cal.describe();
+    assert!(
+        said.contains("p-value of Energy(T=1) is below")
+            && said.contains("or of KNN(k=50) below")
+            && said.contains("each also restyled by another pen"),
+        "{said}"
+    );
+    // Energy's limit is three times each feature member's.
+    let limits: Vec<f64> = said
+        .split(" below ")
+        .skip(1)
+        .map(|s| s[..6].parse().unwrap())
+        .collect();
+    assert_eq!(limits.len(), 3, "{said}");
+    assert!((limits[0] / limits[1] - 3.0).abs() < 0.05, "{said}");
 
     // Prediction on image files: MNIST test digits written as inverted, enlarged PGMs.
     let (_, test) = ood_e2e_tests::mnist().unwrap();

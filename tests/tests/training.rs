@@ -123,14 +123,15 @@ fn resumed_run_equals_uninterrupted_run() {
     assert!(err.to_string().contains("other arguments"), "{err}");
 }
 
-/// The weight average's live weights and outlier exposure's negatives are part of the state
-/// a resumed run must reproduce.
+/// The weight average's live weights, the pens' draws and outlier exposure's negatives are
+/// part of the state a resumed run must reproduce.
 #[test]
-fn resumed_run_with_weight_average_and_outlier_exposure_equals_uninterrupted_run() {
+fn resumed_run_with_weight_average_pens_and_outlier_exposure_equals_uninterrupted_run() {
     let Some((mut config, splits)) = setup(256, 2) else {
         return;
     };
     config.ema_decay = Some(0.9);
+    config.pen = Some(ood_data::pen::PenConfig::default());
     config.outlier_exposure = Some(OutlierExposure {
         negatives: 8,
         ..Default::default()

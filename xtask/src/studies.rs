@@ -53,16 +53,16 @@ pub struct SeedsArgs {
 }
 
 /// A study's settings as its models use them.
-struct Study {
+pub(crate) struct Study {
     /// `ood train` flags shared by every model (`--epochs 2`, `--limit 5000`, ...).
     train_flags: Vec<String>,
     /// `--data-dir DIR`, for every `ood` command.
     data_flags: Vec<String>,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 impl StudyArgs {
-    fn study(&self, default_root: &str) -> Study {
+    pub(crate) fn study(&self, default_root: &str) -> Study {
         let mut train_flags = Vec::new();
         if let Some(n) = self.epochs {
             train_flags.extend(["--epochs".to_string(), n.to_string()]);
@@ -80,7 +80,7 @@ impl StudyArgs {
     }
 
     /// The arguments as a command line, for the study's table (the study's own options first).
-    fn command_line(&self, own: &[String]) -> String {
+    pub(crate) fn command_line(&self, own: &[String]) -> String {
         let mut a = own.to_vec();
         if let Some(root) = &self.root {
             a.extend(["--root".to_string(), root.display().to_string()]);
@@ -92,7 +92,7 @@ impl StudyArgs {
     }
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
@@ -160,7 +160,12 @@ fn override_flags(base: &[String], overrides: &[String]) -> Vec<String> {
 
 /// Trains (or resumes), calibrates and evaluates one model (a checkpoint, or with
 /// `--ensemble N` among the flags an ensemble folder); returns evaluate's metrics.json.
-fn run_model(dir: &Path, extra_train: &[String], study: &Study, bench: bool) -> Result<Value> {
+pub(crate) fn run_model(
+    dir: &Path,
+    extra_train: &[String],
+    study: &Study,
+    bench: bool,
+) -> Result<Value> {
     let d = dir.display().to_string();
     let flags = override_flags(&study.train_flags, extra_train);
     let ensemble = ensemble_size(&flags)?;
@@ -237,7 +242,7 @@ fn model_wall_time(dir: &Path) -> Option<f64> {
 }
 
 /// The closing line of a study table: the summed wall time of its models and of this call.
-fn wall_time_line(dirs: &[PathBuf], started: Instant) -> String {
+pub(crate) fn wall_time_line(dirs: &[PathBuf], started: Instant) -> String {
     let recorded: Vec<f64> = dirs.iter().filter_map(|d| model_wall_time(d)).collect();
     let this_call = started.elapsed().as_secs_f64() / 60.0;
     if recorded.len() == dirs.len() {
@@ -262,16 +267,16 @@ fn default_score_auroc(set: Option<&Value>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn pct(v: &Value) -> String {
+pub(crate) fn pct(v: &Value) -> String {
     v.as_f64()
         .map_or("-".into(), |x| format!("{:.2}%", 100.0 * x))
 }
 
-fn num(v: &Value) -> String {
+pub(crate) fn num(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.4}"))
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::create_dir_all(path.parent().unwrap())?;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)?;
@@ -280,7 +285,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// The ablation's variants: name, description, the `ood train` flags that make it.
-const VARIANTS: [(&str, &str, &[&str]); 11] = [
+const VARIANTS: [(&str, &str, &[&str]); 13] = [
     ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
     ("k1", "k = 1, std intended (the default)", &[]),
     ("k5", "k = 5", &["--k", "5"]),
@@ -319,6 +324,16 @@ const VARIANTS: [(&str, &str, &[&str]); 11] = [
         "outlier-exposure",
         "outlier exposure (scribbles, energy margin)",
         &["--outlier-exposure"],
+    ),
+    (
+        "pen-styles",
+        "pen styles (elastic, binarised, blurred, thicker, thinner, the page's redraw)",
+        &["--pen-styles"],
+    ),
+    (
+        "quality",
+        "the quality recipe (16 epochs, augmentation, pen styles, weight average)",
+        &["--recipe", "quality"],
     ),
 ];
 

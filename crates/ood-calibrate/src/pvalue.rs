@@ -144,10 +144,19 @@ pub struct Explained {
 }
 
 /// Members' p-values against held-out in-distribution scores, combined into one OOD score.
+///
+/// With [`PValueCombination::with_budget`], min-p splits its budget unequally: member `i`'s
+/// p-value is divided by its weight `w_i` (the weights scaled to a mean of 1) before the
+/// minimum, so a sample is flagged when `p_i < w_i t` for some member. A member with a small
+/// weight then flags only what lies beyond nearly every held-out sample, and the others keep
+/// the rest of the held-out rejections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PValueCombination {
     members: Vec<Member>,
     combine: Combine,
+    /// One per member, mean 1 (`None`: equal shares).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    budget: Option<Vec<f64>>,
     /// One per member, after [`PValueCombination::fit_reference`].
     references: Option<Vec<Reference>>,
 }
@@ -158,7 +167,53 @@ impl PValueCombination {
         Self {
             members,
             combine,
+            budget: None,
             references: None,
+        }
+    }
+
+    /// Min-p with member `i` given the share `shares[i] / Σ shares` of the budget (see the
+    /// type's documentation). Fails unless there is one positive, finite share per member and
+    /// the combination is min-p (Fisher's sum has no budget to split).
+    pub fn with_budget(mut self, shares: &[f64]) -> Result<Self> {
+        if self.combine != Combine::MinP || shares.len() != self.members.len() {
+            return Err(CalibrateError::LengthMismatch {
+                left: "budget shares",
+                left_len: shares.len(),
+                right: "min-p members",
+                right_len: if self.combine == Combine::MinP {
+                    self.members.len()
+                } else {
+                    0
+                },
+            });
+        }
+        if let Some(&w) = shares.iter().find(|&&w| !(w.is_finite() && w > 0.0)) {
+            return Err(CalibrateError::InvalidParameter {
+                name: "budget share",
+                value: w,
+                expected: "positive and finite",
+            });
+        }
+        let mean = shares.iter().sum::<f64>() / shares.len() as f64;
+        self.budget = Some(shares.iter().map(|w| w / mean).collect());
+        Ok(self)
+    }
+
+    /// Each member's share of the budget, summing to 1.
+    pub fn budget_shares(&self) -> Vec<f64> {
+        let n = self.members.len() as f64;
+        match &self.budget {
+            Some(w) => w.iter().map(|w| w / n).collect(),
+            None => vec![1.0 / n; self.members.len()],
+        }
+    }
+
+    /// The p-values as the combination weighs them: each divided by its member's weight.
+    fn weighed(&self, p_values: &[f64]) -> Vec<f64> {
+        match &self.budget {
+            Some(w) => p_values.iter().zip(w).map(|(p, w)| p / w).collect(),
+            None => p_values.to_vec(),
         }
     }
 
@@ -241,7 +296,7 @@ impl PValueCombination {
                     .collect();
                 let p: Vec<f64> = members.iter().map(|(_, _, p)| *p).collect();
                 Explained {
-                    score: self.combine.score(&p),
+                    score: self.combine.score(&self.weighed(&p)),
                     members,
                 }
             })
@@ -252,7 +307,18 @@ impl PValueCombination {
 impl Detector for PValueCombination {
     fn name(&self) -> String {
         let names: Vec<String> = self.members.iter().map(|m| m.detector().name()).collect();
-        format!("{}[{}]", self.combine.name(), names.join("+"))
+        let budget = match &self.budget {
+            Some(_) => {
+                let shares: Vec<String> = self
+                    .budget_shares()
+                    .iter()
+                    .map(|s| format!("{:.0}", 100.0 * s))
+                    .collect();
+                format!("; budget {}%", shares.join("/"))
+            }
+            None => String::new(),
+        };
+        format!("{}[{}{budget}]", self.combine.name(), names.join("+"))
     }
 
     /// Fits every member on the in-distribution training samples. The references come from
@@ -281,6 +347,37 @@ impl Detector for PValueCombination {
 mod tests {
     use super::*;
     use crate::threshold_at_id_acceptance;
+
+    #[test]
+    fn a_budget_divides_each_p_value_by_its_weight() {
+        let members = vec![
+            Member::Energy(Energy::default()),
+            Member::Mahalanobis(Mahalanobis::new()),
+        ];
+        let even = PValueCombination::new(members.clone(), Combine::MinP);
+        let led = PValueCombination::new(members.clone(), Combine::MinP)
+            .with_budget(&[3.0, 1.0])
+            .unwrap();
+        assert_eq!(led.budget_shares(), vec![0.75, 0.25]);
+        assert_eq!(even.budget_shares(), vec![0.5, 0.5]);
+        // Weights of mean 1: 1.5 and 0.5. p = (0.03, 0.02): min(0.02, 0.04) = 0.02.
+        let p = [0.03, 0.02];
+        assert!((Combine::MinP.score(&led.weighed(&p)) + (0.02f64).ln()).abs() < 1e-12);
+        // p = (0.02, 0.03): energy's 0.02 / 1.5 is the smaller, where the even split says 0.02.
+        let p = [0.02, 0.03];
+        assert!((Combine::MinP.score(&led.weighed(&p)) + (0.02f64 / 1.5).ln()).abs() < 1e-12);
+        assert!((Combine::MinP.score(&even.weighed(&p)) + (0.02f64).ln()).abs() < 1e-12);
+        assert!(led.name().ends_with("; budget 75/25%]"), "{}", led.name());
+        assert!(PValueCombination::new(members.clone(), Combine::MinP)
+            .with_budget(&[1.0])
+            .is_err());
+        assert!(PValueCombination::new(members.clone(), Combine::MinP)
+            .with_budget(&[1.0, 0.0])
+            .is_err());
+        assert!(PValueCombination::new(members, Combine::Fisher)
+            .with_budget(&[1.0, 1.0])
+            .is_err());
+    }
 
     #[test]
     fn p_values_by_hand() {

@@ -4,7 +4,8 @@
 //! (`--data-dir`, else `$OOD_DATA_DIR`, else `assets/data`), makes the seeded splits of the
 //! open-set protocol (known classes for training and validation, unknown classes for testing),
 //! corrupts images for the denoiser (Gaussian noise plus an occluding square), warps training
-//! images a little for augmentation (rotation, scale, shift), draws scribbles as negatives for
+//! images a little for augmentation (rotation, scale, shift), restyles them with other pens
+//! and redraws test digits as the drawing page would send them ([`pen`]), draws scribbles as negatives for
 //! outlier exposure, makes the synthetic-OOD transforms used in calibration (rotations, heavy
 //! occlusion), and cuts sets into seeded mini-batches of candle tensors.
 //!
@@ -31,6 +32,7 @@ pub mod hub;
 pub mod idx;
 pub mod negatives;
 pub mod noise;
+pub mod pen;
 pub mod prepare;
 pub mod source;
 pub mod split;

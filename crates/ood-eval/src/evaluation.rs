@@ -9,6 +9,7 @@ use ood_calibrate::{
     confusion_matrix, ood_metrics, oscr, threshold_at_id_acceptance, Detector, OodMetrics,
 };
 use ood_data::batch::to_unit_f32;
+use ood_data::pen::{drawn_digits, DrawnStyle};
 use ood_data::{ClassSpec, LabeledImages};
 use ood_model::OodNet;
 use ood_train::TrainConfig;
@@ -17,6 +18,8 @@ use serde::{Deserialize, Serialize};
 const KNOWN_STREAM: u64 = 20;
 const UNKNOWN_STREAM: u64 = 21;
 const FAR_STREAM: u64 = 22;
+const DRAWN_KNOWN_STREAM: u64 = 30;
+const DRAWN_UNKNOWN_STREAM: u64 = 31;
 
 /// The acceptances of held-out digits the trade-off curves are drawn at.
 pub const TRADE_OFF_ACCEPTANCES: [f64; 17] = [
@@ -93,6 +96,68 @@ pub struct Evaluation {
     /// held-out digits alone.
     #[serde(default)]
     pub operating_points: Vec<OperatingPoint>,
+    /// The rule on the drawn-digit set (the test digits redrawn as the page sends them, see
+    /// `ood_data::pen`): every pen first, then each pen alone.
+    #[serde(default)]
+    pub drawn: Vec<DrawnRow>,
+}
+
+/// The rule on test digits redrawn with one pen (or every pen: `pen` is `"all"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrawnRow {
+    pub pen: String,
+    pub n_known: usize,
+    /// Arg-max accuracy on the redrawn known digits, ignoring the detector.
+    pub closed_set_accuracy: f64,
+    /// Redrawn known digits accepted and classified right.
+    pub accepted_right: f64,
+    /// Redrawn known digits flagged OOD.
+    pub refused: f64,
+    pub n_unknown: usize,
+    /// Redrawn unknown digits flagged OOD.
+    pub unknown_caught: f64,
+}
+
+/// The drawn-digit rows: known and unknown test digits redrawn by [`drawn_digits`], image `i`
+/// in pen [`DrawnStyle::of_index`]`(i)`.
+fn drawn_rows(
+    calibration: &Calibration,
+    known: &ScoredSet,
+    truth: &[usize],
+    unknown: &ScoredSet,
+) -> Result<Vec<DrawnRow>> {
+    let known_flags = calibration.flags(known)?;
+    let unknown_flags = calibration.flags(unknown)?;
+    let row = |pen: &str, keep: &dyn Fn(usize) -> bool| {
+        let (mut n, mut right, mut accepted_right, mut refused) = (0, 0, 0, 0);
+        for (i, (&p, &t)) in known.predictions.iter().zip(truth).enumerate() {
+            if keep(i) {
+                n += 1;
+                right += usize::from(p == t);
+                accepted_right += usize::from(p == t && !known_flags[i]);
+                refused += usize::from(known_flags[i]);
+            }
+        }
+        let kept: Vec<bool> = (0..unknown_flags.len())
+            .filter(|&i| keep(i))
+            .map(|i| unknown_flags[i])
+            .collect();
+        let share = |v: usize| v as f64 / n.max(1) as f64;
+        DrawnRow {
+            pen: pen.to_string(),
+            n_known: n,
+            closed_set_accuracy: share(right),
+            accepted_right: share(accepted_right),
+            refused: share(refused),
+            n_unknown: kept.len(),
+            unknown_caught: fraction(&kept),
+        }
+    };
+    let mut rows = vec![row("all", &|_| true)];
+    for style in DrawnStyle::ALL {
+        rows.push(row(style.name(), &|i| DrawnStyle::of_index(i) == style));
+    }
+    Ok(rows)
 }
 
 impl Evaluation {
@@ -240,6 +305,20 @@ pub fn evaluate(
     };
     let known = score(test_known, KNOWN_STREAM)?;
     let unknown = score(test_unknown, UNKNOWN_STREAM)?;
+    let side = nets[0].config.image_size;
+    let score_drawn = |d: &LabeledImages, stream: u64| {
+        score_images(
+            nets,
+            &drawn_digits(&to_unit_f32(d), side),
+            &train.noise,
+            train.seed,
+            stream,
+            batch_size,
+            device,
+        )
+    };
+    let drawn_known = score_drawn(test_known, DRAWN_KNOWN_STREAM)?;
+    let drawn_unknown = score_drawn(test_unknown, DRAWN_UNKNOWN_STREAM)?;
     let truth: Vec<usize> = test_known
         .labels
         .iter()
@@ -345,6 +424,7 @@ pub fn evaluate(
         confusion_labels: labels,
         confusion,
         operating_points: points,
+        drawn: drawn_rows(calibration, &drawn_known, &truth, &drawn_unknown)?,
     };
     let sets = EvaluationSets {
         known,

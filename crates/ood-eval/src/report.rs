@@ -400,6 +400,15 @@ pub fn summary_table(evaluation: &Evaluation) -> String {
     for (metric, value) in rows {
         let _ = writeln!(s, "| {metric} | {value} |");
     }
+    if let Some(all) = e.drawn.first() {
+        let _ = writeln!(
+            s,
+            "| drawn digits (canvas, thin, thick pens) accepted and correct | {} |\n| drawn digits refused as OOD | {} |\n| drawn unknown {u} flagged OOD | {} |",
+            pct(all.accepted_right),
+            pct(all.refused),
+            pct(all.unknown_caught)
+        );
+    }
     let _ = writeln!(s, "\n| OOD set | score | AUROC | FPR@95%TPR | AUPR-in | AUPR-out | flagged by rule |\n|---|---|---|---|---|---|---|");
     for m in std::iter::once(&e.near).chain(&e.far) {
         let scores = [
@@ -420,6 +429,29 @@ pub fn summary_table(evaluation: &Evaluation) -> String {
                 pct(m.flagged)
             );
         }
+    }
+    s
+}
+
+/// The rule on the drawn-digit set, per pen.
+pub fn drawn_table(e: &Evaluation) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n## Drawn digits\n\nThe test digits redrawn as the drawing page sends them (enlarged, binarised, the pen widened or narrowed, prepared as `ood serve` prepares a drawing; pens in turn, see `ood_data::pen`).\n\n| pen | known | closed-set accuracy | accepted and correct | refused | unknown | unknown caught |\n|---|---|---|---|---|---|---|"
+    );
+    for r in &e.drawn {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.pen,
+            r.n_known,
+            pct(r.closed_set_accuracy),
+            pct(r.accepted_right),
+            pct(r.refused),
+            r.n_unknown,
+            pct(r.unknown_caught)
+        );
     }
     s
 }
@@ -465,6 +497,9 @@ fn markdown(checkpoint: &Path, c: &Calibration, e: &Evaluation) -> String {
         "\n## Operating points (thresholds from held-out digits only)\n\n![trade-off](trade_off.png)\n"
     );
     s.push_str(&operating_table(e));
+    if !e.drawn.is_empty() {
+        s.push_str(&drawn_table(e));
+    }
     let ood_as = e
         .unknown_classes
         .first()

@@ -73,6 +73,27 @@ impl ScoredSet {
         )?)
     }
 
+    /// The images of `other` after this set's (the same model scored both).
+    pub fn append(&mut self, other: ScoredSet) {
+        assert_eq!(
+            (self.num_classes, self.feature_dim, self.stage_feature_dim),
+            (
+                other.num_classes,
+                other.feature_dim,
+                other.stage_feature_dim
+            ),
+            "sets scored by the same model"
+        );
+        self.msp.extend(other.msp);
+        self.recon_error.extend(other.recon_error);
+        self.predictions.extend(other.predictions);
+        self.logits.extend(other.logits);
+        self.features.extend(other.features);
+        self.stage_features.extend(other.stage_features);
+        self.noised.extend(other.noised);
+        self.denoised.extend(other.denoised);
+    }
+
     /// The OOD score of the max-softmax detector: larger means more likely OOD.
     pub fn msp_ood_score(&self) -> Vec<f64> {
         self.msp.iter().map(|m| -m).collect()

@@ -11,6 +11,7 @@ use ood_data::augment::{augment_batch, AugmentConfig};
 use ood_data::batch::{stream_rng, to_unit_f32, Batcher};
 use ood_data::negatives::scribbles;
 use ood_data::noise::{corrupt_batch, NoiseConfig};
+use ood_data::pen::{restyle_batch, PenConfig};
 use ood_data::{ClassSpec, Splits};
 use ood_losses::{energy_margin, objective, EnergyMargins, LossWeights};
 use ood_model::checkpoint::{save_checkpoint, Checkpoint, CheckpointMeta, FORMAT_VERSION};
@@ -33,6 +34,7 @@ pub fn member_dir(i: usize) -> String {
 const NOISE_STREAM: u64 = 2;
 const AUGMENT_STREAM: u64 = 3;
 const NEGATIVE_STREAM: u64 = 4;
+const PEN_STREAM: u64 = 5;
 
 /// Outlier exposure: scribbles (`ood_data::negatives`) beside every batch, whose energy is
 /// pushed above a margin while the known digits' is pushed below another
@@ -103,6 +105,11 @@ pub struct TrainConfig {
     /// the images as they are (and what checkpoints from before this option say).
     #[serde(default)]
     pub augment: Option<AugmentConfig>,
+    /// Restyle each training image after the warp: other pens, hard edges, blur, elastic
+    /// distortion, the drawing page's redraw; `None`: MNIST's pen only (and what checkpoints
+    /// from before this option say).
+    #[serde(default)]
+    pub pen: Option<PenConfig>,
     /// Keep an exponential moving average of the weights with this decay per step, and save
     /// the average as the model; `None`: the weights as trained (and what checkpoints from
     /// before this option say).
@@ -136,6 +143,7 @@ impl TrainConfig {
             noise: NoiseConfig::default(),
             train_decoder: true,
             augment: None,
+            pen: None,
             ema_decay: None,
             outlier_exposure: None,
         })
@@ -318,6 +326,12 @@ pub fn train(
             if let Some(augment) = &config.augment {
                 let mut rng = stream_rng(config.seed, AUGMENT_STREAM, step_index);
                 augment_batch(&mut batch.pixels, side, augment, &mut rng);
+            }
+            if let Some(pen) = &config.pen {
+                let mut rng = stream_rng(config.seed, PEN_STREAM, step_index);
+                restyle_batch(&mut batch.pixels, side, pen, &mut rng);
+            }
+            if config.augment.is_some() || config.pen.is_some() {
                 batch.images = Tensor::from_vec(batch.pixels.clone(), (n, 1, side, side), device)?;
             }
             let lr = schedule.at(opt.step);
