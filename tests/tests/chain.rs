@@ -222,7 +222,8 @@ fn train_calibrate_evaluate_writes_every_file() {
 
     // The energy-led budget with the restyled reference: twice the references, and a rule
     // that names each member's own p-value limit.
-    let led = dir.path().join("calibration-led.json");
+    // (Into a folder that does not exist yet: calibrate makes it.)
+    let led = dir.path().join("led").join("calibration.json");
     run(&[
         "calibrate",
         ckpt_s,

@@ -126,6 +126,10 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| default_calibration_path(&args.checkpoint));
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
     ood_eval::write_calibration(&out, &calibration)?;
     let fig_dir = out.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     write_calibration_figures(&fig_dir, &calibration, &set, model.image_size())?;
