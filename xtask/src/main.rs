@@ -342,18 +342,26 @@ mod tests {
 
     #[test]
     fn a_tasks_own_options_are_read_anywhere() {
-        let Ok(Task::ReleaseModel(r)) =
-            parse(&["release-model", "--accept", "0.99", "--from", "runs/x"])
-        else {
+        let Ok(Task::ReleaseModel(r)) = parse(&[
+            "release-model",
+            "--score",
+            "energy-led",
+            "--from",
+            "runs/x",
+            "--recipe",
+            "quick",
+        ]) else {
             panic!("not release-model");
         };
         assert_eq!(r.from, std::path::PathBuf::from("runs/x"));
-        assert_eq!(r.calibrate.args, args(&["--accept", "0.99"]));
+        assert_eq!(r.recipe, "quick");
+        assert_eq!(r.calibrate.args, args(&["--score", "energy-led"]));
         // After `--`, nothing is the task's own.
         let Ok(Task::ReleaseModel(r)) = parse(&["release-model", "--", "--from", "x"]) else {
             panic!("not release-model");
         };
-        assert_eq!(r.from, std::path::PathBuf::from("runs/default"));
+        assert_eq!(r.from, std::path::PathBuf::from("runs/quality"));
+        assert_eq!(r.recipe, "quality");
         assert_eq!(r.calibrate.args, args(&["--from", "x"]));
     }
 

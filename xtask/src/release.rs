@@ -1,6 +1,6 @@
-//! `cargo xtask release-model [--from RUN_DIR] [CALIBRATE_ARGS]`: the shipped default model in
-//! `assets/models/default/`, made from a trained run (default `runs/default`, trained first if
-//! its checkpoint is missing):
+//! `cargo xtask release-model [--from RUN_DIR] [--recipe R] [CALIBRATE_ARGS]`: the shipped
+//! default model in `assets/models/default/`, made from a trained run (default `runs/quality`,
+//! trained first with `ood train --recipe R`, default quality, if its checkpoint is missing):
 //!
 //! 1. `ood strip`: the checkpoint without its optimizer state (what inference, `ood inspect`
 //!    and calibration read; a third of the size);
@@ -92,8 +92,11 @@ fn git(args: &[&str]) -> String {
 #[command(mut_arg("args", |a| a.help("Passed on to `ood calibrate` (e.g. --accept 0.99)")))]
 pub struct ReleaseArgs {
     /// The trained run folder whose checkpoint is shipped (trained first if missing)
-    #[arg(long, value_name = "RUN_DIR", default_value = "runs/default")]
+    #[arg(long, value_name = "RUN_DIR", default_value = "runs/quality")]
     pub(crate) from: PathBuf,
+    /// The recipe RUN_DIR is trained with when its checkpoint is missing (`ood train --recipe`)
+    #[arg(long, value_name = "R", default_value = "quality")]
+    pub(crate) recipe: String,
     #[command(flatten)]
     pub(crate) calibrate: crate::PassOn,
 }
@@ -109,9 +112,10 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
     let source = run_dir.join("checkpoint.safetensors");
     if !source.exists() {
         println!(
-            "{} is missing: training it first (cargo xtask train --out {})",
+            "{} is missing: training it first (cargo xtask train --out {} --recipe {})",
             source.display(),
-            from.display()
+            from.display(),
+            args.recipe
         );
         crate::ood(
             &[],
@@ -119,6 +123,8 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
                 "train".into(),
                 "--out".into(),
                 run_dir.display().to_string(),
+                "--recipe".into(),
+                args.recipe.clone(),
             ],
         )?;
     }
@@ -186,7 +192,7 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         .to_string();
     let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
     let provenance = json!({
-        "command": format!("cargo xtask release-model --from {}{}", from.display(),
+        "command": format!("cargo xtask release-model --from {} --recipe {}{}", from.display(), args.recipe,
             calibrate_args.iter().map(|a| format!(" {a}")).collect::<String>()),
         "released": output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))
             .map(|d| d.trim().to_string())

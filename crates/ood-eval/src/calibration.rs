@@ -156,13 +156,17 @@ pub struct CalibrationConfig {
     pub reference_pens: bool,
 }
 
-/// The restyling of the held-out digits' second copy under `reference_pens`: half of them
-/// redrawn as the page draws, the rest binarised, blurred, thickened or thinned as in
-/// training (no elastic distortion: that changes the digit, not the pen).
+/// The restyling of the held-out digits' second copy under `reference_pens`: each redrawn as
+/// the drawing page sends a digit (enlarged, binarised, the pen widened or narrowed, prepared
+/// as `ood serve` prepares a drawing), so that the references hold the digits the page will
+/// send; the training restylings that no page makes (blur, elastic distortion) are left out.
 pub fn reference_pens() -> ood_data::pen::PenConfig {
     ood_data::pen::PenConfig {
         elastic: 0.0,
-        canvas: 0.5,
+        canvas: 1.0,
+        binarize: 0.0,
+        thicken: 0.0,
+        thin: 0.0,
         ..Default::default()
     }
 }
