@@ -285,7 +285,7 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// The ablation's variants: name, description, the `ood train` flags that make it.
-const VARIANTS: [(&str, &str, &[&str]); 13] = [
+const VARIANTS: [(&str, &str, &[&str]); 17] = [
     ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
     ("k1", "k = 1, std intended (the default)", &[]),
     ("k5", "k = 5", &["--k", "5"]),
@@ -329,6 +329,26 @@ const VARIANTS: [(&str, &str, &[&str]); 13] = [
         "pen-styles",
         "pen styles (elastic, binarised, blurred, thicker, thinner, the page's redraw)",
         &["--pen-styles"],
+    ),
+    (
+        "pen-elastic",
+        "pen styles: elastic distortion alone",
+        &["--pen-styles", "elastic"],
+    ),
+    (
+        "pen-canvas",
+        "pen styles: the page's redraw alone",
+        &["--pen-styles", "canvas"],
+    ),
+    (
+        "pen-binarize",
+        "pen styles: binarised (and blurred) alone",
+        &["--pen-styles", "binarize"],
+    ),
+    (
+        "pen-width",
+        "pen styles: thicker and thinner strokes alone",
+        &["--pen-styles", "width"],
     ),
     (
         "quality",

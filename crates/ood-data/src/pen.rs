@@ -74,6 +74,78 @@ impl Default for PenConfig {
     }
 }
 
+/// One effect of [`PenConfig`], to train with some effects alone (`--pen-styles canvas,width`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PenEffect {
+    /// Elastic distortion.
+    Elastic,
+    /// The page's redraw.
+    Canvas,
+    /// Binarisation, maybe blurred after.
+    Binarize,
+    /// Thicker and thinner strokes (2x2 dilation and erosion).
+    Width,
+}
+
+impl PenEffect {
+    /// Every effect, by its name.
+    pub const ALL: [PenEffect; 4] = [
+        PenEffect::Elastic,
+        PenEffect::Canvas,
+        PenEffect::Binarize,
+        PenEffect::Width,
+    ];
+
+    /// The effect's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PenEffect::Elastic => "elastic",
+            PenEffect::Canvas => "canvas",
+            PenEffect::Binarize => "binarize",
+            PenEffect::Width => "width",
+        }
+    }
+}
+
+impl std::str::FromStr for PenEffect {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|e| e.name()).collect();
+                format!("unknown pen effect {s:?}: use {}", names.join(", "))
+            })
+    }
+}
+
+impl PenConfig {
+    /// This configuration with only `effects` left on (every effect when `effects` is empty).
+    pub fn only(mut self, effects: &[PenEffect]) -> Self {
+        if effects.is_empty() {
+            return self;
+        }
+        let on = |e: PenEffect| effects.contains(&e);
+        if !on(PenEffect::Elastic) {
+            self.elastic = 0.0;
+        }
+        if !on(PenEffect::Canvas) {
+            self.canvas = 0.0;
+        }
+        if !on(PenEffect::Binarize) {
+            self.binarize = 0.0;
+        }
+        if !on(PenEffect::Width) {
+            self.thicken = 0.0;
+            self.thin = 0.0;
+        }
+        self
+    }
+}
+
 /// Restyles every image of a batch in place, with independent draws per image.
 pub fn restyle_batch(pixels: &mut [f32], side: usize, config: &PenConfig, rng: &mut impl Rng) {
     for image in pixels.chunks_exact_mut(side * side) {
@@ -599,6 +671,26 @@ mod tests {
         let mut v = images.clone();
         restyle_batch(&mut v, 28, &off, &mut rand::rngs::StdRng::seed_from_u64(1));
         assert_eq!(v, images);
+    }
+
+    #[test]
+    fn only_keeps_the_named_effects() {
+        let all = PenConfig::default();
+        assert_eq!(all.only(&[]), all);
+        let canvas = all.only(&[PenEffect::Canvas]);
+        assert_eq!(canvas.canvas, all.canvas);
+        assert_eq!(
+            (canvas.elastic, canvas.binarize, canvas.thicken, canvas.thin),
+            (0.0, 0.0, 0.0, 0.0)
+        );
+        let width = all.only(&[PenEffect::Width, PenEffect::Elastic]);
+        assert_eq!((width.thicken, width.thin), (all.thicken, all.thin));
+        assert_eq!((width.elastic, width.canvas), (all.elastic, 0.0));
+        assert_eq!("canvas".parse::<PenEffect>(), Ok(PenEffect::Canvas));
+        assert!("blur"
+            .parse::<PenEffect>()
+            .unwrap_err()
+            .contains("elastic, canvas"));
     }
 
     #[test]

@@ -78,8 +78,9 @@ pub struct TrainArgs {
     pub augment: bool,
     /// Restyle each training image after the warp: elastic distortion, hard binarised edges,
     /// blur, thicker and thinner strokes, and the drawing page's redraw (see `ood_data::pen`).
-    #[arg(long)]
-    pub pen_styles: bool,
+    /// With a list, only those effects (of elastic, canvas, binarize, width).
+    #[arg(long, value_name = "EFFECTS", num_args = 0.., value_delimiter = ',')]
+    pub pen_styles: Option<Vec<ood_data::pen::PenEffect>>,
     /// Save an exponential moving average of the weights (decay per step, e.g. 0.999) as the
     /// model, instead of the weights of the last step.
     #[arg(long, value_name = "DECAY")]
@@ -142,8 +143,8 @@ impl TrainArgs {
         if self.augment {
             c.augment = Some(ood_data::augment::AugmentConfig::default());
         }
-        if self.pen_styles {
-            c.pen = Some(ood_data::pen::PenConfig::default());
+        if let Some(effects) = &self.pen_styles {
+            c.pen = Some(ood_data::pen::PenConfig::default().only(effects));
         }
         c.outlier_exposure = self
             .outlier_exposure
@@ -291,7 +292,13 @@ mod tests {
         assert_eq!((longer.epochs, longer.ema_decay), (24, Some(0.99)));
         // The pens alone, on the quick recipe.
         let pens = config(&["--pen-styles"]);
-        assert!(pens.pen.is_some() && pens.augment.is_none());
+        assert_eq!(pens.pen, Some(ood_data::pen::PenConfig::default()));
+        assert!(pens.augment.is_none());
         assert_eq!(pens.epochs, 4);
+        // Some effects only.
+        let canvas = config(&["--pen-styles", "canvas,width"]);
+        let pen = canvas.pen.unwrap();
+        assert_eq!((pen.elastic, pen.binarize), (0.0, 0.0));
+        assert!(pen.canvas > 0.0 && pen.thicken > 0.0);
     }
 }
