@@ -5,7 +5,7 @@
 //! every known test digit is scored against every unknown one. Resumable like the other
 //! studies: finished stages are read back from their files.
 
-use crate::studies::{num, pct, run_model, wall_time_line, write, StudyArgs};
+use crate::studies::{default_score_auroc, num, pct, run_model, wall_time_line, write, StudyArgs};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -85,15 +85,7 @@ impl SplitRow {
             auroc_msp: near["msp"]["auroc"].as_f64(),
             auroc_energy: score("Energy"),
             auroc_knn: score("KNN"),
-            // The rule's score is named by its combination: `MinP[...]`.
-            auroc_rule: near["scores"].as_array().and_then(|s| {
-                s.iter().find_map(|p| {
-                    p[0].as_str()?
-                        .starts_with("MinP[")
-                        .then(|| p[1]["auroc"].as_f64())
-                        .flatten()
-                })
-            }),
+            auroc_rule: default_score_auroc(Some(near)).as_f64(),
             oscr: e["oscr"].as_f64(),
             unknown_caught: e["unknown_detection"].as_f64(),
         }

@@ -110,7 +110,8 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         from.clone()
     };
     let source = run_dir.join("checkpoint.safetensors");
-    if !source.exists() {
+    let trained_here = !source.exists();
+    if trained_here {
         println!(
             "{} is missing: training it first (cargo xtask train --out {} --recipe {})",
             source.display(),
@@ -192,7 +193,10 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         .to_string();
     let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
     let provenance = json!({
-        "command": format!("cargo xtask release-model --from {} --recipe {}{}", from.display(), args.recipe,
+        // The recipe is named only when this call trained the run; otherwise the training
+        // settings are those of the checkpoint's metadata (`training` below).
+        "command": format!("cargo xtask release-model --from {}{}{}", from.display(),
+            if trained_here { format!(" --recipe {}", args.recipe) } else { String::new() },
             calibrate_args.iter().map(|a| format!(" {a}")).collect::<String>()),
         "released": output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))
             .map(|d| d.trim().to_string())

@@ -256,7 +256,7 @@ pub(crate) fn wall_time_line(dirs: &[PathBuf], started: Instant) -> String {
 }
 
 /// The AUROC of the default score (`MinP[...]`) in one OOD set's metrics of metrics.json.
-fn default_score_auroc(set: Option<&Value>) -> Value {
+pub(crate) fn default_score_auroc(set: Option<&Value>) -> Value {
     set.and_then(|s| s["scores"].as_array())
         .and_then(|scores| {
             scores

@@ -176,16 +176,19 @@ impl PValueCombination {
     /// type's documentation). Fails unless there is one positive, finite share per member and
     /// the combination is min-p (Fisher's sum has no budget to split).
     pub fn with_budget(mut self, shares: &[f64]) -> Result<Self> {
-        if self.combine != Combine::MinP || shares.len() != self.members.len() {
+        if self.combine != Combine::MinP {
+            return Err(CalibrateError::InvalidParameter {
+                name: "budget shares under Fisher's combination",
+                value: shares.len() as f64,
+                expected: "min-p (Fisher's sum has no budget to split)",
+            });
+        }
+        if shares.len() != self.members.len() {
             return Err(CalibrateError::LengthMismatch {
                 left: "budget shares",
                 left_len: shares.len(),
                 right: "min-p members",
-                right_len: if self.combine == Combine::MinP {
-                    self.members.len()
-                } else {
-                    0
-                },
+                right_len: self.members.len(),
             });
         }
         if let Some(&w) = shares.iter().find(|&&w| !(w.is_finite() && w > 0.0)) {
@@ -207,6 +210,18 @@ impl PValueCombination {
             Some(w) => w.iter().map(|w| w / n).collect(),
             None => vec![1.0 / n; self.members.len()],
         }
+    }
+
+    /// For min-p with its threshold `threshold` (on `-ln(min p / w)`), the p-value below which
+    /// each member flags a sample: `w_i exp(-threshold)`. `None` for Fisher.
+    pub fn p_limits(&self, threshold: f64) -> Option<Vec<f64>> {
+        (self.combine == Combine::MinP).then(|| {
+            let n = self.members.len() as f64;
+            self.budget_shares()
+                .iter()
+                .map(|s| s * n * (-threshold).exp())
+                .collect()
+        })
     }
 
     /// The p-values as the combination weighs them: each divided by its member's weight.
@@ -280,6 +295,10 @@ impl PValueCombination {
     /// Per sample, the members' raw scores and p-values with the combined score.
     pub fn explain(&self, samples: &Samples<'_>) -> Result<Vec<Explained>> {
         let references = self.references()?;
+        if let Some(budget) = &self.budget {
+            // A budget read from a file is checked as `with_budget` checks one.
+            Self::new(self.members.clone(), self.combine).with_budget(budget)?;
+        }
         let raw: Vec<Vec<f64>> = self
             .members
             .iter()
@@ -368,6 +387,15 @@ mod tests {
         assert!((Combine::MinP.score(&led.weighed(&p)) + (0.02f64 / 1.5).ln()).abs() < 1e-12);
         assert!((Combine::MinP.score(&even.weighed(&p)) + (0.02f64).ln()).abs() < 1e-12);
         assert!(led.name().ends_with("; budget 75/25%]"), "{}", led.name());
+        let limits = led.p_limits(-(0.01f64).ln()).unwrap();
+        assert!((limits[0] - 0.015).abs() < 1e-12 && (limits[1] - 0.005).abs() < 1e-12);
+        let limits = even.p_limits(-(0.01f64).ln()).unwrap();
+        assert!(
+            limits.iter().all(|l| (l - 0.01).abs() < 1e-12),
+            "{limits:?}"
+        );
+        let fisher = PValueCombination::new(members.clone(), Combine::Fisher);
+        assert_eq!(fisher.p_limits(1.0), None);
         assert!(PValueCombination::new(members.clone(), Combine::MinP)
             .with_budget(&[1.0])
             .is_err());

@@ -281,8 +281,8 @@ fn window_reduce(
 }
 
 /// An elastic distortion (Simard et al. 2003): a random displacement per pixel, smoothed by a
-/// Gaussian of std `sigma` and scaled so that the largest displacement is `max_shift` pixels;
-/// the image is resampled bilinearly along it.
+/// Gaussian of std `sigma` and scaled so that the largest displacement along either axis is
+/// `max_shift` pixels; the image is resampled bilinearly along it.
 pub fn elastic(
     image: &[f32],
     side: usize,
@@ -387,9 +387,13 @@ pub struct Canvas {
 /// The digit as the page would send it: enlarged `scale` times (bilinear), binarised at
 /// `level` into hard-edged ink, the stroke widened or narrowed by `pen_radius` canvas pixels,
 /// then prepared exactly as `ood serve` prepares a drawing ([`prepare_mnist_style`]: cropped,
-/// scaled into 20x20, centred by mass, quantised). `None` when no ink is left.
+/// scaled into 20x20, centred by mass, quantised). `None` when no ink is left, and for images
+/// that are not MNIST's 28x28 (the preparation makes 28x28).
 pub fn redraw(image: &[f32], side: usize, canvas: &Canvas) -> Option<Vec<f32>> {
     assert_eq!(image.len(), side * side, "an image of side {side}");
+    if side != crate::prepare::MNIST_SIDE {
+        return None;
+    }
     let scale = canvas.scale.max(1);
     let big = side * scale;
     let mut ink = vec![false; big * big];

@@ -33,7 +33,7 @@ pub(crate) const ID_SCORE_STREAM: u64 = 11;
 const OOD_SCORE_STREAM: u64 = 12;
 const FIT_SCORE_STREAM: u64 = 13;
 const PEN_REFERENCE_STREAM: u64 = 14;
-const PEN_SCORE_STREAM: u64 = 15;
+pub(crate) const PEN_SCORE_STREAM: u64 = 15;
 
 /// Which rule `predict` and `evaluate` apply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,14 +161,21 @@ pub struct CalibrationConfig {
 /// as `ood serve` prepares a drawing), so that the references hold the digits the page will
 /// send; the training restylings that no page makes (blur, elastic distortion) are left out.
 pub fn reference_pens() -> ood_data::pen::PenConfig {
-    ood_data::pen::PenConfig {
-        elastic: 0.0,
+    use ood_data::pen::{PenConfig, PenEffect};
+    PenConfig {
         canvas: 1.0,
-        binarize: 0.0,
-        thicken: 0.0,
-        thin: 0.0,
-        ..Default::default()
+        ..PenConfig::default()
     }
+    .only(&[PenEffect::Canvas])
+}
+
+/// The restyled copies of the held-out digits that `reference_pens` adds to the references
+/// (seeded by the training seed, so calibration and evaluation make the same ones).
+pub(crate) fn restyled_references(pixels: &[f32], side: usize, seed: u64) -> Vec<f32> {
+    let mut restyled = pixels.to_vec();
+    let mut rng = stream_rng(seed, PEN_REFERENCE_STREAM, 0);
+    ood_data::pen::restyle_batch(&mut restyled, side, &reference_pens(), &mut rng);
+    restyled
 }
 
 fn default_accept() -> f64 {
@@ -245,6 +252,9 @@ pub struct AcceptRule {
     /// How many of the held-out references are restyled copies (`reference_pens`).
     #[serde(default)]
     pub n_restyled: usize,
+    /// The restyling those copies were made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_pen: Option<ood_data::pen::PenConfig>,
 }
 
 impl AcceptRule {
@@ -291,6 +301,7 @@ impl AcceptRule {
             score,
             features,
             n_restyled: 0,
+            reference_pen: None,
         })
     }
 
@@ -310,31 +321,26 @@ impl Calibration {
     pub fn describe(&self) -> String {
         match (self.config.decision, &self.accept_rule) {
             (Decision::Accept, Some(a)) => {
-                // -ln(min p) > t is min p < exp(-t): the p-value a member must fall below.
-                let in_p = match a.score.combine() {
-                    ood_calibrate::Combine::MinP => {
-                        let t = (-a.threshold).exp();
-                        let shares = a.score.budget_shares();
-                        if shares.windows(2).all(|w| w[0] == w[1]) {
-                            format!(", i.e. when a p-value is below {t:.4}")
-                        } else {
-                            // p_i / w_i < t, with w_i = share_i * n (weights of mean 1).
-                            let n = shares.len() as f64;
-                            let limits: Vec<String> = a
-                                .score
-                                .members()
-                                .iter()
-                                .zip(&shares)
-                                .enumerate()
-                                .map(|(i, (m, s))| {
-                                    let is = if i == 0 { " is" } else { "" };
-                                    format!("{}{is} below {:.4}", m.detector().name(), t * s * n)
-                                })
-                                .collect();
-                            format!(", i.e. when the p-value of {}", limits.join(" or of "))
-                        }
+                // -ln(min p / w) > t is p_i < w_i exp(-t) for some member: its p-value limit.
+                let in_p = match a.score.p_limits(a.threshold) {
+                    Some(limits) if limits.windows(2).all(|w| w[0] == w[1]) => {
+                        format!(", i.e. when a p-value is below {:.4}", limits[0])
                     }
-                    ood_calibrate::Combine::Fisher => String::new(),
+                    Some(limits) => {
+                        let each: Vec<String> = a
+                            .score
+                            .members()
+                            .iter()
+                            .zip(&limits)
+                            .enumerate()
+                            .map(|(i, (m, l))| {
+                                let is = if i == 0 { " is" } else { "" };
+                                format!("{}{is} below {l:.4}", m.detector().name())
+                            })
+                            .collect();
+                        format!(", i.e. when the p-value of {}", each.join(" or of "))
+                    }
+                    None => String::new(),
                 };
                 let restyled = if a.n_restyled > 0 {
                     ", each also restyled by another pen".to_string()
@@ -387,28 +393,34 @@ impl Calibration {
     /// looks at, with its threshold or p-value.
     pub fn explain(&self, set: &ScoredSet) -> Result<Vec<DecisionDetail>> {
         match (self.config.decision, &self.accept_rule) {
-            (Decision::Accept, Some(a)) => Ok(a
-                .explain(set)?
-                .into_iter()
-                .map(|e| DecisionDetail {
-                    unknown: e.score > a.threshold,
-                    parts: std::iter::once(Part {
-                        name: a.score.name(),
-                        value: e.score,
-                        threshold: Some(a.threshold),
-                        flagged_above: true,
-                        p_value: None,
+            (Decision::Accept, Some(a)) => {
+                let limits = a.score.p_limits(a.threshold);
+                Ok(a.explain(set)?
+                    .into_iter()
+                    .map(|e| DecisionDetail {
+                        unknown: e.score > a.threshold,
+                        parts: std::iter::once(Part {
+                            name: a.score.name(),
+                            value: e.score,
+                            threshold: Some(a.threshold),
+                            flagged_above: true,
+                            p_value: None,
+                            p_limit: None,
+                        })
+                        .chain(e.members.into_iter().enumerate().map(
+                            |(i, (name, value, p))| Part {
+                                name,
+                                value,
+                                threshold: None,
+                                flagged_above: true,
+                                p_value: Some(p),
+                                p_limit: limits.as_ref().map(|l| l[i]),
+                            },
+                        ))
+                        .collect(),
                     })
-                    .chain(e.members.into_iter().map(|(name, value, p)| Part {
-                        name,
-                        value,
-                        threshold: None,
-                        flagged_above: true,
-                        p_value: Some(p),
-                    }))
-                    .collect(),
-                })
-                .collect()),
+                    .collect())
+            }
             (Decision::Accept, None) => Err(EvalError::Calibration(format!(
                 "the calibration of {} asks for the acceptance rule but holds none: calibrate again",
                 self.checkpoint_file
@@ -426,6 +438,7 @@ impl Calibration {
                             threshold: Some(self.rule.msp_threshold),
                             flagged_above: false,
                             p_value: None,
+                            p_limit: None,
                         },
                         Part {
                             name: "reconstruction error".into(),
@@ -433,6 +446,7 @@ impl Calibration {
                             threshold: self.rule.recon_threshold,
                             flagged_above: true,
                             p_value: None,
+                            p_limit: None,
                         },
                     ],
                 })
@@ -461,6 +475,10 @@ pub struct Part {
     pub flagged_above: bool,
     /// The p-value against the held-out digits, for a member of the default score.
     pub p_value: Option<f64>,
+    /// The p-value below which this member flags the input (min-p members; each member has
+    /// its own under a weighted budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_limit: Option<f64>,
 }
 
 /// The calibration set's scores, kept for figures.
@@ -564,10 +582,8 @@ pub fn calibrate(
         device,
     )?;
     let accept_rule = if config.reference_pens {
-        let mut restyled = id_pixels.clone();
         let side = nets[0].config.image_size;
-        let mut rng = stream_rng(train.seed, PEN_REFERENCE_STREAM, 0);
-        ood_data::pen::restyle_batch(&mut restyled, side, &reference_pens(), &mut rng);
+        let restyled = restyled_references(&id_pixels, side, train.seed);
         let mut reference = id.clone();
         let n_restyled = restyled.len() / (side * side);
         reference.append(score_images(
@@ -588,6 +604,7 @@ pub fn calibrate(
             config.accept,
         )?;
         rule.n_restyled = n_restyled;
+        rule.reference_pen = Some(reference_pens());
         rule
     } else {
         AcceptRule::fit(

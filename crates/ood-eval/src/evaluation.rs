@@ -390,8 +390,25 @@ pub fn evaluate(
         far_columns.push((name.clone(), columns));
         far_sets.push((name.clone(), set));
     }
-    // The same noise stream as the calibration's held-out scores.
-    let held = score(held_out, crate::calibration::ID_SCORE_STREAM)?;
+    // The same noise stream as the calibration's held-out scores, and, when the rule was
+    // referenced to restyled copies too, the same copies: the operating points then set their
+    // thresholds on what the rule's threshold was set on.
+    let mut held = score(held_out, crate::calibration::ID_SCORE_STREAM)?;
+    if calibration
+        .accept_rule
+        .as_ref()
+        .is_some_and(|a| a.n_restyled > 0)
+    {
+        held.append(score_images(
+            nets,
+            &crate::calibration::restyled_references(&to_unit_f32(held_out), side, train.seed),
+            &train.noise,
+            train.seed,
+            crate::calibration::PEN_SCORE_STREAM,
+            batch_size,
+            device,
+        )?);
+    }
     let points = operating_points(
         &score_columns(calibration, &held)?,
         &known_columns,

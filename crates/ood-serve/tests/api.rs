@@ -41,6 +41,14 @@ async fn a_drawn_one_is_a_one_with_everything_the_page_shows() {
     );
     assert!(value < threshold, "{a}");
     assert!(scores[1..].iter().all(|s| s["p_value"].is_f64()), "{a}");
+    // Each member's own p-value limit: the input is unknown when a p-value falls below its
+    // member's limit, so a digit that is accepted is above every one.
+    assert!(
+        scores[1..]
+            .iter()
+            .all(|s| s["p_value"].as_f64() > s["p_limit"].as_f64() && s["p_limit"].is_f64()),
+        "{a}"
+    );
     assert!(a["rule"].as_str().unwrap().contains("OOD when"));
     // The image the model saw is MNIST-like: white ink centred on black.
     let input = png_pixels(&a["input_png"]);

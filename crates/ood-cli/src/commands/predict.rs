@@ -101,15 +101,17 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// `name 1.234 (OOD above 2.000)` or `name 5.6 (p 0.0120)`.
+/// `name 1.234 (OOD above 2.000)` or `name 5.6 (p 0.0120, OOD below 0.0046)`.
 fn describe_part(p: &ood_eval::calibration::Part) -> String {
     let mut s = format!("{} {:.4}", p.name, p.value);
     if let Some(t) = p.threshold {
         let side = if p.flagged_above { "above" } else { "below" };
         s += &format!(" (OOD {side} {t:.4})");
     }
-    if let Some(pv) = p.p_value {
-        s += &format!(" (p {pv:.4})");
+    match (p.p_value, p.p_limit) {
+        (Some(pv), Some(limit)) => s += &format!(" (p {pv:.4}, OOD below {limit:.4})"),
+        (Some(pv), None) => s += &format!(" (p {pv:.4})"),
+        _ => {}
     }
     s
 }

@@ -24,7 +24,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "small")]
     pub preset: String,
     /// Training recipe: quick (4 epochs, MNIST's pen: the demo, 5-6 min on two cores) or
-    /// quality (16 epochs, --augment, --pen-styles and --ema 0.999: about an hour). Flags
+    /// quality (16 epochs, --augment, --pen-styles and --ema 0.999: about 45 min on two cores). Flags
     /// given beside it win (`--recipe quality --epochs 24`).
     #[arg(long, value_enum, default_value_t = Recipe::Quick)]
     pub recipe: Recipe,
@@ -110,7 +110,7 @@ pub enum Recipe {
 }
 
 /// The epochs of `--recipe quality`: the 16 the lever study measured (closed-set accuracy
-/// 99.68%, canvas refusals 2.35%), about an hour on two cores.
+/// 99.68%, canvas refusals 2.35%), about 45 minutes on two cores.
 pub const QUALITY_EPOCHS: usize = 16;
 /// The weight average of `--recipe quality`.
 pub const QUALITY_EMA_DECAY: f64 = 0.999;

@@ -172,7 +172,8 @@ function show(a) {
 function gauge(part) {
   const box = div(part.threshold === null ? "part" : "gauge");
   if (part.threshold === null) {
-    box.textContent = part.name + ": " + fmt(part.value) + (part.p_value === null ? "" : " (p = " + fmt(part.p_value) + ")");
+    const limit = part.p_limit === undefined || part.p_limit === null ? "" : ", unknown below " + fmt(part.p_limit);
+    box.textContent = part.name + ": " + fmt(part.value) + (part.p_value === null ? "" : " (p = " + fmt(part.p_value) + limit + ")");
     return box;
   }
   const flagged = part.flagged_above ? part.value > part.threshold : part.value < part.threshold;
