@@ -5,7 +5,9 @@
 //! every known test digit is scored against every unknown one. Resumable like the other
 //! studies: finished stages are read back from their files.
 
-use crate::studies::{default_score_auroc, num, pct, run_model, wall_time_line, write, StudyArgs};
+use crate::studies::{
+    default_score_auroc, finish_study, num, pct, run_model, wall_time_line, StudyArgs,
+};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -242,13 +244,7 @@ pub fn run(args: &OsrArgs) -> Result<()> {
         let _ = writeln!(md, "| {method} | {source} | {auroc:.3} |");
     }
     let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
-    write(&study.root.join("osr.md"), &md)?;
-    write(
-        &study.root.join("osr.json"),
-        &serde_json::to_string_pretty(&rows)?,
-    )?;
-    println!("{md}");
-    Ok(())
+    finish_study(&study.root, "osr", &md, &rows)
 }
 
 #[cfg(test)]

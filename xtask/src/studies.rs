@@ -276,6 +276,18 @@ pub(crate) fn num(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.4}"))
 }
 
+/// Writes a study's table (`STEM.md`) and rows (`STEM.json`) into its folder and prints the
+/// table.
+pub(crate) fn finish_study(root: &Path, stem: &str, md: &str, rows: &[Value]) -> Result<()> {
+    write(&root.join(format!("{stem}.md")), md)?;
+    write(
+        &root.join(format!("{stem}.json")),
+        &serde_json::to_string_pretty(rows)?,
+    )?;
+    println!("{md}");
+    Ok(())
+}
+
 pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::create_dir_all(path.parent().unwrap())?;
     let tmp = path.with_extension("tmp");
@@ -414,13 +426,7 @@ pub fn ablate(args: &AblateArgs) -> Result<()> {
         rows.push(serde_json::json!({"variant": name, "description": what, "evaluation": e}));
     }
     let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
-    write(&study.root.join("ablation.md"), &md)?;
-    write(
-        &study.root.join("ablation.json"),
-        &serde_json::to_string_pretty(&rows)?,
-    )?;
-    println!("{md}");
-    Ok(())
+    finish_study(&study.root, "ablation", &md, &rows)
 }
 
 /// Ten models, each trained with one digit unknown; AUROC per held-out digit.
@@ -540,13 +546,7 @@ pub fn sweep(args: &StudyArgs) -> Result<()> {
         pct(&mean[7])
     );
     let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
-    write(&study.root.join("sweep.md"), &md)?;
-    write(
-        &study.root.join("sweep.json"),
-        &serde_json::to_string_pretty(&rows)?,
-    )?;
-    println!("{md}");
-    Ok(())
+    finish_study(&study.root, "sweep", &md, &rows)
 }
 
 /// The default settings trained with several seeds (`--seeds 0,1,2`): the headline numbers of
@@ -633,13 +633,7 @@ pub fn seeds(args: &SeedsArgs) -> Result<()> {
         .collect();
     let _ = writeln!(md, "| **mean (min-max)** | {} |", summary.join(" | "));
     let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
-    write(&study.root.join("seeds.md"), &md)?;
-    write(
-        &study.root.join("seeds.json"),
-        &serde_json::to_string_pretty(&rows)?,
-    )?;
-    println!("{md}");
-    Ok(())
+    finish_study(&study.root, "seeds", &md, &rows)
 }
 
 #[cfg(test)]

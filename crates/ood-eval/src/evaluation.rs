@@ -292,10 +292,10 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<(Evaluation, EvaluationSets)> {
     let classes: ClassSpec = train.classes();
-    let score = |d: &LabeledImages, stream: u64| {
+    let score_pixels = |pixels: &[f32], stream: u64| {
         score_images(
             nets,
-            &to_unit_f32(d),
+            pixels,
             &train.noise,
             train.seed,
             stream,
@@ -303,20 +303,12 @@ pub fn evaluate(
             device,
         )
     };
+    let score = |d: &LabeledImages, stream: u64| score_pixels(&to_unit_f32(d), stream);
     let known = score(test_known, KNOWN_STREAM)?;
     let unknown = score(test_unknown, UNKNOWN_STREAM)?;
     let side = nets[0].config.image_size;
-    let score_drawn = |d: &LabeledImages, stream: u64| {
-        score_images(
-            nets,
-            &drawn_digits(&to_unit_f32(d), side),
-            &train.noise,
-            train.seed,
-            stream,
-            batch_size,
-            device,
-        )
-    };
+    let score_drawn =
+        |d: &LabeledImages, stream: u64| score_pixels(&drawn_digits(&to_unit_f32(d), side), stream);
     let drawn_known = score_drawn(test_known, DRAWN_KNOWN_STREAM)?;
     let drawn_unknown = score_drawn(test_unknown, DRAWN_UNKNOWN_STREAM)?;
     let truth: Vec<usize> = test_known
@@ -399,14 +391,9 @@ pub fn evaluate(
         .as_ref()
         .is_some_and(|a| a.n_restyled > 0)
     {
-        held.append(score_images(
-            nets,
+        held.append(score_pixels(
             &crate::calibration::restyled_references(&to_unit_f32(held_out), side, train.seed),
-            &train.noise,
-            train.seed,
             crate::calibration::PEN_SCORE_STREAM,
-            batch_size,
-            device,
         )?);
     }
     let points = operating_points(
