@@ -143,6 +143,33 @@ pub struct Explained {
     pub members: Vec<(String, f64, f64)>,
 }
 
+/// Checks min-p budget shares: min-p, one share per member, each positive and finite.
+fn check_budget(shares: &[f64], members: usize, combine: Combine) -> Result<()> {
+    if combine != Combine::MinP {
+        return Err(CalibrateError::InvalidParameter {
+            name: "budget shares under Fisher's combination",
+            value: shares.len() as f64,
+            expected: "min-p (Fisher's sum has no budget to split)",
+        });
+    }
+    if shares.len() != members {
+        return Err(CalibrateError::LengthMismatch {
+            left: "budget shares",
+            left_len: shares.len(),
+            right: "min-p members",
+            right_len: members,
+        });
+    }
+    if let Some(&w) = shares.iter().find(|&&w| !(w.is_finite() && w > 0.0)) {
+        return Err(CalibrateError::InvalidParameter {
+            name: "budget share",
+            value: w,
+            expected: "positive and finite",
+        });
+    }
+    Ok(())
+}
+
 /// Members' p-values against held-out in-distribution scores, combined into one OOD score.
 ///
 /// With [`PValueCombination::with_budget`], min-p splits its budget unequally: member `i`'s
@@ -176,28 +203,7 @@ impl PValueCombination {
     /// type's documentation). Fails unless there is one positive, finite share per member and
     /// the combination is min-p (Fisher's sum has no budget to split).
     pub fn with_budget(mut self, shares: &[f64]) -> Result<Self> {
-        if self.combine != Combine::MinP {
-            return Err(CalibrateError::InvalidParameter {
-                name: "budget shares under Fisher's combination",
-                value: shares.len() as f64,
-                expected: "min-p (Fisher's sum has no budget to split)",
-            });
-        }
-        if shares.len() != self.members.len() {
-            return Err(CalibrateError::LengthMismatch {
-                left: "budget shares",
-                left_len: shares.len(),
-                right: "min-p members",
-                right_len: self.members.len(),
-            });
-        }
-        if let Some(&w) = shares.iter().find(|&&w| !(w.is_finite() && w > 0.0)) {
-            return Err(CalibrateError::InvalidParameter {
-                name: "budget share",
-                value: w,
-                expected: "positive and finite",
-            });
-        }
+        check_budget(shares, self.members.len(), self.combine)?;
         let mean = shares.iter().sum::<f64>() / shares.len() as f64;
         self.budget = Some(shares.iter().map(|w| w / mean).collect());
         Ok(self)
@@ -297,7 +303,7 @@ impl PValueCombination {
         let references = self.references()?;
         if let Some(budget) = &self.budget {
             // A budget read from a file is checked as `with_budget` checks one.
-            Self::new(self.members.clone(), self.combine).with_budget(budget)?;
+            check_budget(budget, self.members.len(), self.combine)?;
         }
         let raw: Vec<Vec<f64>> = self
             .members
