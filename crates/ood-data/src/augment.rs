@@ -62,13 +62,6 @@ impl Affine {
         let c = (side as f32 - 1.0) / 2.0;
         let (sin, cos) = self.rotation_rad.sin_cos();
         let inv = 1.0 / self.scale;
-        let at = |r: isize, col: isize| -> f32 {
-            if r < 0 || col < 0 || r >= side as isize || col >= side as isize {
-                0.0
-            } else {
-                image[r as usize * side + col as usize]
-            }
-        };
         let mut out = vec![0.0f32; side * side];
         for (y, row) in out.chunks_exact_mut(side).enumerate() {
             for (x, px) in row.iter_mut().enumerate() {
@@ -77,16 +70,30 @@ impl Affine {
                 let dy = y as f32 - c - self.shift.1;
                 let sx = c + inv * (cos * dx + sin * dy);
                 let sy = c + inv * (-sin * dx + cos * dy);
-                let (x0, y0) = (sx.floor(), sy.floor());
-                let (fx, fy) = (sx - x0, sy - y0);
-                let (x0, y0) = (x0 as isize, y0 as isize);
-                let v = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x0 + 1))
-                    + fy * ((1.0 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1));
-                *px = v.clamp(0.0, 1.0);
+                *px = sample_bilinear(image, side, sy, sx);
             }
         }
         out
     }
+}
+
+/// The value of a `side * side` image at (row `y`, column `x`), bilinearly interpolated and
+/// clamped to [0, 1]; black outside the image. The warp here and the pens' elastic distortion
+/// and redraw (`pen.rs`) all sample through it.
+pub(crate) fn sample_bilinear(image: &[f32], side: usize, y: f32, x: f32) -> f32 {
+    let at = |r: isize, c: isize| -> f32 {
+        if r < 0 || c < 0 || r >= side as isize || c >= side as isize {
+            0.0
+        } else {
+            image[r as usize * side + c as usize]
+        }
+    };
+    let (y0, x0) = (y.floor(), x.floor());
+    let (fy, fx) = (y - y0, x - x0);
+    let (y0, x0) = (y0 as isize, x0 as isize);
+    let v = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x0 + 1))
+        + fy * ((1.0 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1));
+    v.clamp(0.0, 1.0)
 }
 
 /// Warps every image of a batch (`side * side` pixels each) in place, one draw per image.

@@ -11,6 +11,7 @@
 //!
 //! Images are `side * side` slices of `f32` in [0, 1], white ink on black, row-major.
 
+use crate::augment::sample_bilinear;
 use crate::prepare::{prepare_mnist_style, LumaImage};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -304,7 +305,7 @@ pub fn elastic(
     for r in 0..side {
         for c in 0..side {
             let i = r * side + c;
-            out[i] = bilinear(image, side, side, r as f32 + dy[i], c as f32 + dx[i]);
+            out[i] = sample_bilinear(image, side, r as f32 + dy[i], c as f32 + dx[i]);
         }
     }
     out
@@ -351,23 +352,6 @@ fn gaussian_smooth(values: &[f32], side: usize, sigma: f32) -> Vec<f32> {
     out
 }
 
-/// The value at (row `y`, column `x`), bilinearly interpolated; black outside the image.
-fn bilinear(image: &[f32], rows: usize, cols: usize, y: f32, x: f32) -> f32 {
-    let at = |r: isize, c: isize| -> f32 {
-        if r < 0 || c < 0 || r >= rows as isize || c >= cols as isize {
-            0.0
-        } else {
-            image[r as usize * cols + c as usize]
-        }
-    };
-    let (y0, x0) = (y.floor(), x.floor());
-    let (fy, fx) = (y - y0, x - x0);
-    let (y0, x0) = (y0 as isize, x0 as isize);
-    let v = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x0 + 1))
-        + fy * ((1.0 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1));
-    v.clamp(0.0, 1.0)
-}
-
 /// How many canvas pixels a digit pixel becomes in [`redraw`]: a 28-pixel digit is redrawn
 /// on a 112-pixel canvas, where the pen's width can change by a quarter of a digit pixel.
 pub const CANVAS_SCALE: usize = 4;
@@ -402,7 +386,7 @@ pub fn redraw(image: &[f32], side: usize, canvas: &Canvas) -> Option<Vec<f32>> {
         let y = (r as f32 + 0.5) / scale as f32 - 0.5;
         for c in 0..big {
             let x = (c as f32 + 0.5) / scale as f32 - 0.5;
-            ink[r * big + c] = bilinear(image, side, side, y, x) >= canvas.level;
+            ink[r * big + c] = sample_bilinear(image, side, y, x) >= canvas.level;
         }
     }
     let ink = match canvas.pen_radius {
