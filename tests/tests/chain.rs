@@ -266,6 +266,36 @@ fn train_calibrate_evaluate_writes_every_file() {
     assert_eq!(limits.len(), 3, "{said}");
     assert!((limits[0] / limits[1] - 3.0).abs() < 0.05, "{said}");
 
+    // The restyled copies for the feature members alone, which read the last stage's
+    // features: energy and the threshold keep MNIST's held-out digits.
+    let fpens = dir.path().join("fpens").join("calibration.json");
+    run(&[
+        "calibrate",
+        ckpt_s,
+        "--data-dir",
+        root,
+        "--reference-pens",
+        "features",
+        "--features",
+        "last",
+        "--out",
+        fpens.to_str().unwrap(),
+    ]);
+    let fpens_cal = ood_eval::read_calibration(&fpens, &ckpt).unwrap();
+    let rule = fpens_cal.accept_rule.as_ref().unwrap();
+    assert_eq!(rule.reference_pens(), ood_eval::ReferencePens::Features);
+    assert_eq!(rule.features, ood_eval::FeatureDepth::Last);
+    assert_eq!(rule.n_restyled, 300);
+    let said = fpens_cal.describe();
+    assert!(
+        said.contains("the feature members' references also hold each restyled"),
+        "{said}"
+    );
+    assert_eq!(
+        led_cal.accept_rule.as_ref().unwrap().reference_pens(),
+        ood_eval::ReferencePens::All
+    );
+
     // Prediction on image files: MNIST test digits written as inverted, enlarged PGMs.
     let (_, test) = ood_e2e_tests::mnist().unwrap();
     let mut files = Vec::new();

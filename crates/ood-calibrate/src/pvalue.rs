@@ -122,6 +122,12 @@ impl Member {
         }
     }
 
+    /// Whether the member reads the features (Mahalanobis, KNN) rather than the logits or
+    /// the reconstruction error.
+    pub fn reads_features(&self) -> bool {
+        matches!(self, Member::Mahalanobis(_) | Member::Knn(_))
+    }
+
     fn detector_mut(&mut self) -> &mut dyn Detector {
         match self {
             Member::Msp(d) => d,
@@ -278,13 +284,31 @@ impl PValueCombination {
     /// Scores the held-out in-distribution samples with every (fitted) member and keeps them
     /// as the references of the p-values. Call after [`Detector::fit`].
     pub fn fit_reference(&mut self, held_out: &Samples<'_>) -> Result<()> {
+        self.fit_reference_widened(held_out, None, |_| false)
+    }
+
+    /// [`Self::fit_reference`], but the members that `widen` picks are referenced to
+    /// `held_out` and `extra` together (for example held-out samples and restyled copies of
+    /// them), so that they find ordinary what `extra` holds; the others to `held_out` alone.
+    pub fn fit_reference_widened(
+        &mut self,
+        held_out: &Samples<'_>,
+        extra: Option<&Samples<'_>>,
+        widen: impl Fn(&Member) -> bool,
+    ) -> Result<()> {
         if self.members.is_empty() {
             return Err(CalibrateError::Empty { what: "members" });
         }
         let references = self
             .members
             .iter()
-            .map(|m| Reference::new(&m.detector().score(held_out)?))
+            .map(|m| {
+                let mut scores = m.detector().score(held_out)?;
+                if let Some(extra) = extra.filter(|_| widen(m)) {
+                    scores.extend(m.detector().score(extra)?);
+                }
+                Reference::new(&scores)
+            })
             .collect::<Result<_>>()?;
         self.references = Some(references);
         Ok(())
@@ -484,6 +508,38 @@ mod tests {
         // Refitting the members drops the references.
         c.fit(&train, &[0]).unwrap();
         assert!(c.score(&train).is_err());
+    }
+
+    #[test]
+    fn only_the_picked_members_are_referenced_to_the_extra_samples() {
+        let mut c = PValueCombination::new(
+            vec![Member::MaxLogit(MaxLogit), Member::Msp(Msp)],
+            Combine::MinP,
+        );
+        c.fit(&samples(&[1.0, 0.0]), &[0]).unwrap();
+        // Held out: max logits 4, 3 (MaxLogit scores -4, -3); extra: max logits 1 and 0.5.
+        let held = [4.0, 0.0, 3.0, 0.0];
+        let extra = [1.0, 0.0, 0.5, 0.0];
+        c.fit_reference_widened(&samples(&held), Some(&samples(&extra)), |m| {
+            matches!(m, Member::MaxLogit(_))
+        })
+        .unwrap();
+        let e = c.explain(&samples(&[2.0, 0.0])).unwrap();
+        // MaxLogit -2 against -4, -3, -1, -0.5: two at least as large -> p = 3/5.
+        assert!((e[0].members[0].2 - 0.6).abs() < 1e-12, "{e:?}");
+        // MSP against the two held-out samples alone: less confident than both -> p = 1/3.
+        assert!((e[0].members[1].2 - 1.0 / 3.0).abs() < 1e-12, "{e:?}");
+        // Widening no member: MaxLogit -2 lies beyond both held-out scores -> p = 1/3.
+        c.fit_reference_widened(&samples(&held), Some(&samples(&extra)), |_| false)
+            .unwrap();
+        let plain = c.explain(&samples(&[2.0, 0.0])).unwrap();
+        assert!(
+            (plain[0].members[0].2 - 1.0 / 3.0).abs() < 1e-12,
+            "{plain:?}"
+        );
+        assert!(Member::Mahalanobis(Mahalanobis::new()).reads_features());
+        assert!(Member::Knn(Knn::new(3)).reads_features());
+        assert!(!Member::Energy(Energy::default()).reads_features());
     }
 
     #[test]

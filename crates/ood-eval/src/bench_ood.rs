@@ -91,6 +91,10 @@ pub struct BenchConfig {
     pub odin: OdinConfig,
     pub knn_k: usize,
     pub batch_size: usize,
+    /// The features every feature detector reads (every stage's in results written before
+    /// the option).
+    #[serde(default = "crate::scoring::default_feature_depth")]
+    pub features: FeatureDepth,
 }
 
 impl Default for BenchConfig {
@@ -100,6 +104,7 @@ impl Default for BenchConfig {
             odin: OdinConfig::default(),
             knn_k: 50,
             batch_size: 500,
+            features: crate::scoring::default_feature_depth(),
         }
     }
 }
@@ -144,9 +149,6 @@ pub struct DrawnRefusal {
     /// The same digits redrawn, refused.
     pub drawn_refused: f64,
 }
-
-/// The features every feature detector of the benchmark reads (the default score's).
-const FEATURES: FeatureDepth = FeatureDepth::AllStages;
 
 /// Runs every detector. `fit` are known-class training images (for Mahalanobis and KNN),
 /// `validation` the calibration hold-out (for the fused detector), `known_test` the
@@ -217,7 +219,7 @@ pub fn bench_ood(
 
     let mut detectors: Vec<Box<dyn Detector>> = standard_detectors();
     detectors.push(Box::new(Combined(calibration.rule)));
-    let fit_samples = fit_set.samples(FEATURES)?;
+    let fit_samples = fit_set.samples(config.features)?;
     for d in detectors.iter_mut() {
         d.fit(&fit_samples, &fit_labels)?;
     }
@@ -229,11 +231,14 @@ pub fn bench_ood(
         Box::new(Reconstruction),
     ]);
     fused.fit(&fit_samples, &fit_labels)?;
-    fused.fit_fused(&calib_id.samples(FEATURES)?, &calib_ood.samples(FEATURES)?)?;
+    fused.fit_fused(
+        &calib_id.samples(config.features)?,
+        &calib_ood.samples(config.features)?,
+    )?;
     detectors.push(Box::new(fused));
     // The default score first, then its alternatives: fitted on training images, referenced
     // to the held-out digits.
-    let held_out = calib_id.samples(FEATURES)?;
+    let held_out = calib_id.samples(config.features)?;
     let default_score = AcceptScore::default().combination();
     let default_name = default_score.name();
     for mut combination in [
@@ -254,7 +259,7 @@ pub fn bench_ood(
     }
 
     let mut rows = Vec::new();
-    let id_samples = id.samples(FEATURES)?;
+    let id_samples = id.samples(config.features)?;
     let id_scores: Vec<Vec<f64>> = detectors
         .iter()
         .map(|d| d.score(&id_samples))
@@ -262,7 +267,7 @@ pub fn bench_ood(
     // Valid digits in another pen: what each detector refuses at the held-out acceptance.
     let side = nets[0].config.image_size;
     let drawn = score(&drawn_digits(&to_unit_f32(known_test), side), DRAWN_STREAM)?;
-    let drawn_samples = drawn.samples(FEATURES)?;
+    let drawn_samples = drawn.samples(config.features)?;
     let share_above = |scores: &[f64], t: f64| {
         scores.iter().filter(|&&s| s > t).count() as f64 / scores.len().max(1) as f64
     };
@@ -301,7 +306,7 @@ pub fn bench_ood(
         config.odin.temperature, config.odin.epsilon
     );
     for (set, scored) in ood_sets.iter().zip(&sets) {
-        let s = scored.samples(FEATURES)?;
+        let s = scored.samples(config.features)?;
         for (d, id_s) in detectors.iter().zip(&id_scores) {
             rows.push(BenchRow {
                 detector: d.name(),

@@ -149,11 +149,80 @@ pub struct CalibrationConfig {
     /// The acceptance rule's score.
     #[serde(default = "legacy_score")]
     pub score: AcceptScore,
-    /// Reference the acceptance rule to the held-out digits and to a restyled copy of each
-    /// ([`reference_pens`]), so that "accepts 99% of held-out digits" holds for digits drawn
-    /// with other pens too (false in calibrations made before the option).
-    #[serde(default)]
-    pub reference_pens: bool,
+    /// Which of the acceptance rule's references also hold a restyled copy of each held-out
+    /// digit ([`reference_pens`]); read from `false` / `true` in calibrations made before the
+    /// feature-members-only choice.
+    #[serde(default, deserialize_with = "ReferencePens::deserialize_compat")]
+    pub reference_pens: ReferencePens,
+    /// The features the rule's feature members (Mahalanobis, KNN) read (every stage's in
+    /// calibrations made before the option; the rule's own `features` is what it applies).
+    #[serde(default = "crate::scoring::default_feature_depth")]
+    pub features: FeatureDepth,
+}
+
+/// Which references of the acceptance rule hold the held-out digits restyled by another pen
+/// as well as the digits as MNIST has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReferencePens {
+    /// None: every reference is the held-out digits as MNIST has them.
+    #[default]
+    Off,
+    /// Every member's and the threshold's: "accepts 99% of held-out digits" then holds for
+    /// digits drawn with other pens too, but every member, energy included, grows more lenient.
+    All,
+    /// The feature members' (Mahalanobis, KNN) alone; energy and the threshold keep the
+    /// digits as MNIST has them. The feature members read the pen (stroke width and texture
+    /// live in the shallow features), so they are told what digits look like in other pens
+    /// and flag only what is unlike a digit in any pen; the threshold still accepts 99% of
+    /// the held-out digits, so the budget they no longer spend on MNIST's digits goes to
+    /// energy.
+    Features,
+}
+
+impl ReferencePens {
+    pub const ALL: [ReferencePens; 3] = [
+        ReferencePens::Off,
+        ReferencePens::All,
+        ReferencePens::Features,
+    ];
+
+    /// The name `--reference-pens` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReferencePens::Off => "off",
+            ReferencePens::All => "all",
+            ReferencePens::Features => "features",
+        }
+    }
+
+    /// Reads the choice, or the `true` / `false` that calibrations stored before it existed.
+    fn deserialize_compat<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Flag(bool),
+            Named(ReferencePens),
+        }
+        Ok(match Stored::deserialize(deserializer)? {
+            Stored::Flag(false) => ReferencePens::Off,
+            Stored::Flag(true) => ReferencePens::All,
+            Stored::Named(pens) => pens,
+        })
+    }
+}
+
+impl std::str::FromStr for ReferencePens {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown reference pens {s:?}: use off, all or features"))
+    }
 }
 
 /// The restyling of the held-out digits' second copy under `reference_pens`: each redrawn as
@@ -197,7 +266,8 @@ impl Default for CalibrationConfig {
             accept: default_accept(),
             fit_limit: default_fit_limit(),
             score: AcceptScore::default(),
-            reference_pens: false,
+            reference_pens: ReferencePens::Off,
+            features: crate::scoring::default_feature_depth(),
         }
     }
 }
@@ -252,19 +322,29 @@ pub struct AcceptRule {
     /// How many of the held-out references are restyled copies (`reference_pens`).
     #[serde(default)]
     pub n_restyled: usize,
+    /// Whether only the feature members' references hold the restyled copies
+    /// ([`ReferencePens::Features`]); see [`AcceptRule::reference_pens`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restyled_for_features_only: bool,
     /// The restyling those copies were made with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_pen: Option<ood_data::pen::PenConfig>,
 }
 
 impl AcceptRule {
-    /// Fits `score` on `fit` (training images and their class indices), references it to the
-    /// held-out digits and sets its threshold on them alone.
+    /// Fits `score` on `fit` (training images and their class indices), its feature members
+    /// reading `features`, references it to the held-out digits (and, as `pens` says, to
+    /// `restyled`, a restyled copy of each) and sets its threshold on the threshold's
+    /// references alone.
+    #[allow(clippy::too_many_arguments)]
     pub fn fit(
         score: AcceptScore,
+        features: FeatureDepth,
         fit: &ScoredSet,
         fit_labels: &[usize],
         held_out: &ScoredSet,
+        restyled: Option<&ScoredSet>,
+        pens: ReferencePens,
         synthetic: &ScoredSet,
         accept: f64,
     ) -> Result<Self> {
@@ -281,11 +361,31 @@ impl AcceptRule {
                 AcceptScore::EnergyMahalanobis.name()
             )));
         }
-        let features = FeatureDepth::AllStages;
+        let restyled = restyled.filter(|_| pens != ReferencePens::Off);
+        if pens != ReferencePens::Off && restyled.is_none() {
+            return Err(EvalError::Calibration(format!(
+                "reference pens {:?} without the restyled held-out digits",
+                pens.name()
+            )));
+        }
         let mut score = score.combination();
         score.fit(&fit.samples(features)?, fit_labels)?;
-        score.fit_reference(&held_out.samples(features)?)?;
-        let id = score.score(&held_out.samples(features)?)?;
+        // The threshold's references: the held-out digits, with their restyled copies
+        // when every member is referenced to them.
+        let mut threshold_set = held_out.clone();
+        match (pens, restyled) {
+            (ReferencePens::All, Some(r)) => {
+                threshold_set.append(r.clone());
+                score.fit_reference(&threshold_set.samples(features)?)?;
+            }
+            (ReferencePens::Features, Some(r)) => score.fit_reference_widened(
+                &held_out.samples(features)?,
+                Some(&r.samples(features)?),
+                |m| m.reads_features(),
+            )?,
+            _ => score.fit_reference(&held_out.samples(features)?)?,
+        }
+        let id = score.score(&threshold_set.samples(features)?)?;
         let ood = score.score(&synthetic.samples(features)?)?;
         let threshold = threshold_at_id_acceptance(&id, accept)?;
         let share = |s: &[f64], flagged: bool| {
@@ -300,9 +400,20 @@ impl AcceptRule {
             n_fit: fit.len(),
             score,
             features,
-            n_restyled: 0,
-            reference_pen: None,
+            n_restyled: restyled.map_or(0, ScoredSet::len),
+            restyled_for_features_only: pens == ReferencePens::Features,
+            reference_pen: restyled.map(|_| reference_pens()),
         })
+    }
+
+    /// Which references hold the restyled copies (a rule from before the feature-members-only
+    /// choice that has any held them in every reference).
+    pub fn reference_pens(&self) -> ReferencePens {
+        match (self.n_restyled, self.restyled_for_features_only) {
+            (0, _) => ReferencePens::Off,
+            (_, true) => ReferencePens::Features,
+            (_, false) => ReferencePens::All,
+        }
     }
 
     /// The score of every image of a set.
@@ -342,10 +453,12 @@ impl Calibration {
                     }
                     None => String::new(),
                 };
-                let restyled = if a.n_restyled > 0 {
-                    ", each also restyled by another pen".to_string()
-                } else {
-                    String::new()
+                let restyled = match a.reference_pens() {
+                    ReferencePens::Off => "",
+                    ReferencePens::All => ", each also restyled by another pen",
+                    ReferencePens::Features => {
+                        "; the feature members' references also hold each restyled by another pen"
+                    }
                 };
                 format!(
                     "OOD when {} > {:.4}{in_p} (accepts {:.2}% of held-out digits{restyled})",
@@ -581,41 +694,29 @@ pub fn calibrate(
         config.batch_size,
         device,
     )?;
-    let accept_rule = if config.reference_pens {
-        let side = nets[0].config.image_size;
-        let restyled = restyled_references(&id_pixels, side, train.seed);
-        let mut reference = id.clone();
-        let n_restyled = restyled.len() / (side * side);
-        reference.append(score_images(
+    let restyled = match config.reference_pens {
+        ReferencePens::Off => None,
+        ReferencePens::All | ReferencePens::Features => Some(score_images(
             nets,
-            &restyled,
+            &restyled_references(&id_pixels, nets[0].config.image_size, train.seed),
             &train.noise,
             train.seed,
             PEN_SCORE_STREAM,
             config.batch_size,
             device,
-        )?);
-        let mut rule = AcceptRule::fit(
-            config.score,
-            &fit_set,
-            &fit_labels,
-            &reference,
-            &ood,
-            config.accept,
-        )?;
-        rule.n_restyled = n_restyled;
-        rule.reference_pen = Some(reference_pens());
-        rule
-    } else {
-        AcceptRule::fit(
-            config.score,
-            &fit_set,
-            &fit_labels,
-            &id,
-            &ood,
-            config.accept,
-        )?
+        )?),
     };
+    let accept_rule = AcceptRule::fit(
+        config.score,
+        config.features,
+        &fit_set,
+        &fit_labels,
+        &id,
+        restyled.as_ref(),
+        config.reference_pens,
+        &ood,
+        config.accept,
+    )?;
     let use_recon = config.use_reconstruction && train.train_decoder;
     let rule = CombinedRule::calibrate(
         &id.msp,
@@ -746,5 +847,52 @@ mod tests {
         config.as_object_mut().unwrap().remove("score");
         let old: CalibrationConfig = serde_json::from_value(config).unwrap();
         assert_eq!(old.score, AcceptScore::EnergyMahalanobis);
+    }
+
+    #[test]
+    fn the_feature_depth_is_named_alike_on_the_command_line_and_in_files() {
+        for depth in FeatureDepth::ALL {
+            assert_eq!(depth.name().parse::<FeatureDepth>(), Ok(depth));
+            assert_eq!(
+                serde_json::to_value(depth).unwrap(),
+                serde_json::json!(depth.name())
+            );
+        }
+        assert!("deep".parse::<FeatureDepth>().is_err());
+        // A configuration from before the option was calibrated on every stage's features.
+        let mut config = serde_json::to_value(CalibrationConfig {
+            features: FeatureDepth::Last,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config["features"], "last");
+        config.as_object_mut().unwrap().remove("features");
+        let old: CalibrationConfig = serde_json::from_value(config).unwrap();
+        assert_eq!(old.features, FeatureDepth::AllStages);
+    }
+
+    #[test]
+    fn reference_pens_read_the_flag_of_earlier_calibrations() {
+        for pens in ReferencePens::ALL {
+            assert_eq!(pens.name().parse::<ReferencePens>(), Ok(pens));
+            let config = CalibrationConfig {
+                reference_pens: pens,
+                ..Default::default()
+            };
+            let json = serde_json::to_value(&config).unwrap();
+            assert_eq!(json["reference_pens"], pens.name());
+            let back: CalibrationConfig = serde_json::from_value(json).unwrap();
+            assert_eq!(back.reference_pens, pens);
+        }
+        assert!("some".parse::<ReferencePens>().is_err());
+        let mut json = serde_json::to_value(CalibrationConfig::default()).unwrap();
+        for (flag, pens) in [(true, ReferencePens::All), (false, ReferencePens::Off)] {
+            json["reference_pens"] = serde_json::json!(flag);
+            let old: CalibrationConfig = serde_json::from_value(json.clone()).unwrap();
+            assert_eq!(old.reference_pens, pens);
+        }
+        json.as_object_mut().unwrap().remove("reference_pens");
+        let older: CalibrationConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(older.reference_pens, ReferencePens::Off);
     }
 }

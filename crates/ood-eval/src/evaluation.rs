@@ -389,7 +389,7 @@ pub fn evaluate(
     if calibration
         .accept_rule
         .as_ref()
-        .is_some_and(|a| a.n_restyled > 0)
+        .is_some_and(|a| a.reference_pens() == crate::calibration::ReferencePens::All)
     {
         held.append(score_pixels(
             &crate::calibration::restyled_references(&to_unit_f32(held_out), side, train.seed),

@@ -35,7 +35,7 @@ pub mod scoring;
 
 pub use calibration::{
     calibrate, parse_calibration, read_calibration, write_calibration, AcceptRule, AcceptScore,
-    Calibration, CalibrationConfig, Decision, CALIBRATION_FILE, KNN_BANK, KNN_K,
+    Calibration, CalibrationConfig, Decision, ReferencePens, CALIBRATION_FILE, KNN_BANK, KNN_K,
 };
 pub use evaluation::{evaluate, Evaluation, OperatingPoint};
 pub use model::{calibrated_model, load_model, load_model_from_bytes, model_sha256, LoadedModel};

@@ -49,6 +49,34 @@ pub enum FeatureDepth {
     AllStages,
 }
 
+impl FeatureDepth {
+    pub const ALL: [FeatureDepth; 2] = [FeatureDepth::Last, FeatureDepth::AllStages];
+
+    /// The name `--features` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            FeatureDepth::Last => "last",
+            FeatureDepth::AllStages => "all-stages",
+        }
+    }
+}
+
+impl std::str::FromStr for FeatureDepth {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| format!("unknown features {s:?}: use last or all-stages"))
+    }
+}
+
+/// What calibrations and benchmarks read when they do not say: every stage's features.
+pub(crate) fn default_feature_depth() -> FeatureDepth {
+    FeatureDepth::AllStages
+}
+
 impl ScoredSet {
     pub fn len(&self) -> usize {
         self.msp.len()

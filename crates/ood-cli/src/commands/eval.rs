@@ -38,11 +38,18 @@ pub struct CalibrateArgs {
     /// `energy+mahalanobis`.
     #[arg(long, default_value = "energy+mahalanobis+knn")]
     pub score: ood_eval::AcceptScore,
-    /// Reference the acceptance rule to the held-out digits and a copy of each restyled by
-    /// another pen (redrawn as the page draws, binarised, thicker, thinner), so that its
-    /// acceptance holds for drawn digits too.
-    #[arg(long)]
-    pub reference_pens: bool,
+    /// Reference the acceptance rule to the held-out digits and a copy of each redrawn as the
+    /// page draws (binarised, the pen widened or narrowed): `all` (alone, `--reference-pens`)
+    /// for every member and the threshold, so that its acceptance holds for drawn digits too;
+    /// `features` for the feature members alone (Mahalanobis, KNN: the members that read the
+    /// pen), energy and the threshold keeping MNIST's digits; `off`.
+    #[arg(long, value_name = "WHICH", num_args = 0..=1, default_value = "off", default_missing_value = "all")]
+    pub reference_pens: ood_eval::ReferencePens,
+    /// The features the score's feature members (Mahalanobis, KNN) read: `all-stages` (every
+    /// stage's pooled features side by side) or `last` (the last stage's, which the
+    /// classifier reads).
+    #[arg(long, default_value = "all-stages")]
+    pub features: ood_eval::FeatureDepth,
     /// Fraction of held-out digits the reconstruction test alone must accept.
     #[arg(long, default_value_t = 0.99)]
     pub recon_acceptance: f64,
@@ -111,6 +118,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         fit_limit: args.fit_limit,
         score: args.score,
         reference_pens: args.reference_pens,
+        features: args.features,
         ..Default::default()
     };
     let (calibration, set) = ood_eval::calibrate(
@@ -227,6 +235,9 @@ pub struct BenchOodArgs {
     /// Training images used to fit Mahalanobis and KNN.
     #[arg(long, default_value_t = 20_000)]
     pub fit_limit: usize,
+    /// The features Mahalanobis and KNN read: `all-stages` or `last`.
+    #[arg(long, default_value = "all-stages")]
+    pub features: ood_eval::FeatureDepth,
     /// Images in each synthetic OOD set (noise, rotated digits).
     #[arg(long, default_value_t = 2_000)]
     pub synthetic_count: usize,
@@ -286,6 +297,7 @@ pub fn bench_ood(args: &BenchOodArgs) -> Result<()> {
     }
     let config = BenchConfig {
         fit_limit: args.fit_limit,
+        features: args.features,
         ..Default::default()
     };
     let result = bench_ood(
