@@ -6,7 +6,8 @@
 //! studies: finished stages are read back from their files.
 
 use crate::studies::{
-    default_score_auroc, finish_study, num, pct, run_model, wall_time_line, StudyArgs,
+    default_score_auroc, finish_study, num, pct, rule_folder, run_model, run_rule, wall_time_line,
+    StudyArgs,
 };
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
@@ -55,6 +56,11 @@ pub struct OsrArgs {
         default_value = "0,1,2,3,4"
     )]
     splits: Vec<usize>,
+    /// Tabulate another rule: every split's model calibrated again with these `ood calibrate`
+    /// flags (one string, e.g. "--score energy-led"), into splitN/rule-<flags>/ beside its
+    /// default calibration, the table into osr-rule-<flags>.md. The models are reused.
+    #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
+    calibrate: Option<String>,
     #[command(flatten)]
     study: StudyArgs,
 }
@@ -171,7 +177,11 @@ pub fn run(args: &OsrArgs) -> Result<()> {
         .study
         .study(&format!("runs/osr-{}", args.recipe.replace('/', "-")));
     let started = Instant::now();
-    let own: Vec<String> = vec![
+    let rule_flags: Option<Vec<String>> = args
+        .calibrate
+        .as_ref()
+        .map(|f| f.split_whitespace().map(String::from).collect());
+    let mut own: Vec<String> = vec![
         "--recipe".into(),
         args.recipe.clone(),
         "--splits".into(),
@@ -181,6 +191,9 @@ pub fn run(args: &OsrArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(","),
     ];
+    if let Some(f) = &args.calibrate {
+        own.extend(["--calibrate".into(), format!("\"{f}\"")]);
+    }
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -209,7 +222,10 @@ pub fn run(args: &OsrArgs) -> Result<()> {
             "--unknown".into(),
             digits(&unknown),
         ];
-        let m = run_model(&dir, &flags, &study, false)?;
+        let mut m = run_model(&dir, &flags, &study, false)?;
+        if let Some(rule) = &rule_flags {
+            m = run_rule(&dir, rule, &study)?;
+        }
         let e = &m["evaluation"];
         let row = SplitRow::from_evaluation(e);
         let cells: Vec<String> = row
@@ -244,7 +260,11 @@ pub fn run(args: &OsrArgs) -> Result<()> {
         let _ = writeln!(md, "| {method} | {source} | {auroc:.3} |");
     }
     let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
-    finish_study(&study.root, "osr", &md, &rows)
+    let stem = match &rule_flags {
+        Some(f) => format!("osr-{}", rule_folder(f)),
+        None => "osr".into(),
+    };
+    finish_study(&study.root, &stem, &md, &rows)
 }
 
 #[cfg(test)]
@@ -291,6 +311,19 @@ mod tests {
                 Some(0.98),
                 Some(0.75)
             ]
+        );
+    }
+
+    #[test]
+    fn a_second_rule_gets_a_folder_named_by_its_flags() {
+        let flags = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            rule_folder(&flags("--score energy-led")),
+            "rule-score-energy-led"
+        );
+        assert_eq!(
+            rule_folder(&flags("--score energy+mahalanobis --accept 0.95")),
+            "rule-score-energy-mahalanobis-accept-0.95"
         );
     }
 

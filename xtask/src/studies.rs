@@ -192,17 +192,7 @@ pub(crate) fn run_model(
     }
     if !dir.join("report/metrics.json").exists() {
         ran = true;
-        let mut a = vec!["calibrate".to_string(), ckpt.clone()];
-        a.extend(study.data_flags.iter().cloned());
-        ood(&[], &a)?;
-        let mut a = vec![
-            "evaluate".to_string(),
-            ckpt.clone(),
-            "--out".into(),
-            format!("{d}/report"),
-        ];
-        a.extend(study.data_flags.iter().cloned());
-        ood(&[], &a)?;
+        calibrate_and_evaluate(&ckpt, &[], None, &dir.join("report"), study)?;
     }
     if bench && !dir.join("bench/bench-ood.json").exists() {
         ran = true;
@@ -221,6 +211,72 @@ pub(crate) fn run_model(
         add_wall_time(dir, started.elapsed().as_secs_f64())?;
     }
     read_json(&dir.join("report/metrics.json"))
+}
+
+/// `ood calibrate CKPT FLAGS [--out CALIBRATION]`, then `ood evaluate` into `report` with
+/// that calibration (the default one beside the checkpoint when `calibration` is `None`).
+fn calibrate_and_evaluate(
+    ckpt: &str,
+    flags: &[String],
+    calibration: Option<&Path>,
+    report: &Path,
+    study: &Study,
+) -> Result<()> {
+    let mut a = vec!["calibrate".to_string(), ckpt.to_string()];
+    a.extend(flags.iter().cloned());
+    let mut e = vec!["evaluate".to_string(), ckpt.to_string()];
+    if let Some(c) = calibration {
+        let c = c.display().to_string();
+        a.extend(["--out".to_string(), c.clone()]);
+        e.extend(["--calibration".to_string(), c]);
+    }
+    a.extend(study.data_flags.iter().cloned());
+    ood(&[], &a)?;
+    e.extend(["--out".to_string(), report.display().to_string()]);
+    e.extend(study.data_flags.iter().cloned());
+    ood(&[], &e)
+}
+
+/// The folder of a trained model's second rule, calibrated with `flags`: `rule-<flags>`, the
+/// flags' words joined by dashes (`--score energy-led` -> `rule-score-energy-led`).
+pub(crate) fn rule_folder(flags: &[String]) -> String {
+    let words: Vec<String> = flags
+        .iter()
+        .map(|w| {
+            w.trim_start_matches('-')
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    format!("rule-{}", words.join("-"))
+}
+
+/// A model of [`run_model`] calibrated again with the `ood calibrate` flags `flags`, into
+/// [`rule_folder`] beside it, and evaluated under that rule (resumable: an evaluated rule is
+/// read back); returns that evaluation's metrics.json.
+pub(crate) fn run_rule(dir: &Path, flags: &[String], study: &Study) -> Result<Value> {
+    let sub = dir.join(rule_folder(flags));
+    let report = sub.join("report");
+    if !report.join("metrics.json").exists() {
+        let started = Instant::now();
+        let ckpt = dir.join("checkpoint.safetensors").display().to_string();
+        calibrate_and_evaluate(
+            &ckpt,
+            flags,
+            Some(&sub.join("calibration.json")),
+            &report,
+            study,
+        )?;
+        add_wall_time(dir, started.elapsed().as_secs_f64())?;
+    }
+    read_json(&report.join("metrics.json"))
 }
 
 /// The file in a run folder that sums the seconds every study invocation spent on the model, so

@@ -34,6 +34,8 @@ const OOD_SCORE_STREAM: u64 = 12;
 const FIT_SCORE_STREAM: u64 = 13;
 const PEN_REFERENCE_STREAM: u64 = 14;
 pub(crate) const PEN_SCORE_STREAM: u64 = 15;
+const PEN_FIT_STREAM: u64 = 16;
+const PEN_FIT_SCORE_STREAM: u64 = 17;
 
 /// Which rule `predict` and `evaluate` apply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +160,11 @@ pub struct CalibrationConfig {
     /// calibrations made before the option; the rule's own `features` is what it applies).
     #[serde(default = "crate::scoring::default_feature_depth")]
     pub features: FeatureDepth,
+    /// Fit the feature members on the training images and a copy of each restyled by
+    /// [`reference_pens`], so that their class means, covariance and KNN bank hold digits in
+    /// other pens too (false in calibrations made before the option).
+    #[serde(default)]
+    pub fit_pens: bool,
 }
 
 /// Which references of the acceptance rule hold the held-out digits restyled by another pen
@@ -241,8 +248,13 @@ pub fn reference_pens() -> ood_data::pen::PenConfig {
 /// The restyled copies of the held-out digits that `reference_pens` adds to the references
 /// (seeded by the training seed, so calibration and evaluation make the same ones).
 pub(crate) fn restyled_references(pixels: &[f32], side: usize, seed: u64) -> Vec<f32> {
+    restyled_copies(pixels, side, seed, PEN_REFERENCE_STREAM)
+}
+
+/// A copy of each image restyled by [`reference_pens`], drawn from its own seeded stream.
+fn restyled_copies(pixels: &[f32], side: usize, seed: u64, stream: u64) -> Vec<f32> {
     let mut restyled = pixels.to_vec();
-    let mut rng = stream_rng(seed, PEN_REFERENCE_STREAM, 0);
+    let mut rng = stream_rng(seed, stream, 0);
     ood_data::pen::restyle_batch(&mut restyled, side, &reference_pens(), &mut rng);
     restyled
 }
@@ -268,6 +280,7 @@ impl Default for CalibrationConfig {
             score: AcceptScore::default(),
             reference_pens: ReferencePens::Off,
             features: crate::scoring::default_feature_depth(),
+            fit_pens: false,
         }
     }
 }
@@ -676,7 +689,7 @@ pub fn calibrate(
     )?;
     let classes = train.classes();
     let fit = fit.clone().truncated(Some(config.fit_limit));
-    let fit_labels = fit
+    let mut fit_labels = fit
         .labels
         .iter()
         .map(|&l| {
@@ -685,15 +698,29 @@ pub fn calibrate(
             })
         })
         .collect::<Result<Vec<usize>>>()?;
-    let fit_set = score_images(
+    let fit_pixels = to_unit_f32(&fit);
+    let mut fit_set = score_images(
         nets,
-        &to_unit_f32(&fit),
+        &fit_pixels,
         &train.noise,
         train.seed,
         FIT_SCORE_STREAM,
         config.batch_size,
         device,
     )?;
+    if config.fit_pens {
+        let side = nets[0].config.image_size;
+        fit_set.append(score_images(
+            nets,
+            &restyled_copies(&fit_pixels, side, train.seed, PEN_FIT_STREAM),
+            &train.noise,
+            train.seed,
+            PEN_FIT_SCORE_STREAM,
+            config.batch_size,
+            device,
+        )?);
+        fit_labels.extend_from_within(..);
+    }
     let restyled = match config.reference_pens {
         ReferencePens::Off => None,
         ReferencePens::All | ReferencePens::Features => Some(score_images(

@@ -45,6 +45,10 @@ pub struct CalibrateArgs {
     /// pen), energy and the threshold keeping MNIST's digits; `off`.
     #[arg(long, value_name = "WHICH", num_args = 0..=1, default_value = "off", default_missing_value = "all")]
     pub reference_pens: ood_eval::ReferencePens,
+    /// Fit the feature members (Mahalanobis, KNN) on the training images and a copy of each
+    /// redrawn as the page draws, so that their idea of a digit holds other pens.
+    #[arg(long)]
+    pub fit_pens: bool,
     /// The features the score's feature members (Mahalanobis, KNN) read: `all-stages` (every
     /// stage's pooled features side by side) or `last` (the last stage's, which the
     /// classifier reads).
@@ -119,6 +123,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         score: args.score,
         reference_pens: args.reference_pens,
         features: args.features,
+        fit_pens: args.fit_pens,
         ..Default::default()
     };
     let (calibration, set) = ood_eval::calibrate(
