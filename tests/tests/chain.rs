@@ -276,6 +276,7 @@ fn train_calibrate_evaluate_writes_every_file() {
         root,
         "--reference-pens",
         "features",
+        "--fit-pens",
         "--features",
         "last",
         "--out",
@@ -286,9 +287,13 @@ fn train_calibrate_evaluate_writes_every_file() {
     assert_eq!(rule.reference_pens(), ood_eval::ReferencePens::Features);
     assert_eq!(rule.features, ood_eval::FeatureDepth::Last);
     assert_eq!(rule.n_restyled, 300);
+    assert!(fpens_cal.config.fit_pens);
+    // The restyled copy of each training image is fitted beside it.
+    assert_eq!(rule.n_fit, 2 * led_cal.accept_rule.as_ref().unwrap().n_fit);
     let said = fpens_cal.describe();
     assert!(
-        said.contains("the feature members' references also hold each restyled"),
+        said.contains("the feature members' references also hold each restyled")
+            && said.contains("the feature members fitted on training digits in other pens too"),
         "{said}"
     );
     assert_eq!(

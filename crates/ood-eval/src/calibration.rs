@@ -466,13 +466,17 @@ impl Calibration {
                     }
                     None => String::new(),
                 };
-                let restyled = match a.reference_pens() {
+                let mut restyled = match a.reference_pens() {
                     ReferencePens::Off => "",
                     ReferencePens::All => ", each also restyled by another pen",
                     ReferencePens::Features => {
                         "; the feature members' references also hold each restyled by another pen"
                     }
-                };
+                }
+                .to_string();
+                if self.config.fit_pens {
+                    restyled += "; the feature members fitted on training digits in other pens too";
+                }
                 format!(
                     "OOD when {} > {:.4}{in_p} (accepts {:.2}% of held-out digits{restyled})",
                     a.score.name(),
