@@ -89,7 +89,7 @@ fn git(args: &[&str]) -> String {
 
 /// `cargo xtask release-model`'s arguments.
 #[derive(clap::Args, Debug)]
-#[command(mut_arg("args", |a| a.help("Passed on to `ood calibrate` (e.g. --accept 0.99)")))]
+#[command(mut_arg("args", |a| a.help("Passed on to `ood calibrate` instead of the shipped rule's flags (--score energy-led --fit-pens --reference-pens features)")))]
 pub struct ReleaseArgs {
     /// The trained run folder whose checkpoint is shipped (trained first if missing)
     #[arg(long, value_name = "RUN_DIR", default_value = "runs/quality")]
@@ -101,9 +101,30 @@ pub struct ReleaseArgs {
     pub(crate) calibrate: crate::PassOn,
 }
 
+/// The `ood calibrate` flags of the shipped rule, used when none are given: energy keeps 60%
+/// of the budget, and the feature members are fitted and referenced on digits in other pens
+/// too (docs/results.md, "Feature members that know other pens").
+pub const SHIPPED_RULE: [&str; 5] = [
+    "--score",
+    "energy-led",
+    "--fit-pens",
+    "--reference-pens",
+    "features",
+];
+
+/// The flags `ood calibrate` gets: those given, else [`SHIPPED_RULE`].
+fn calibrate_flags(given: &[String]) -> Vec<String> {
+    if given.is_empty() {
+        SHIPPED_RULE.iter().map(|s| s.to_string()).collect()
+    } else {
+        given.to_vec()
+    }
+}
+
 pub fn run(args: &ReleaseArgs) -> Result<()> {
     let root = crate::workspace_root();
-    let (from, calibrate_args) = (&args.from, &args.calibrate.args);
+    let calibrate_args = &calibrate_flags(&args.calibrate.args);
+    let from = &args.from;
     let run_dir = if from.is_relative() {
         root.join(from)
     } else {
@@ -255,4 +276,16 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         "wrote {MODEL_DIR} ({total} bytes); rebuild `ood` to embed it (cargo build --release -p ood-cli)"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_rule_unless_flags_are_given() {
+        assert_eq!(calibrate_flags(&[]).join(" "), SHIPPED_RULE.join(" "));
+        let given = vec!["--accept".to_string(), "0.95".to_string()];
+        assert_eq!(calibrate_flags(&given), given);
+    }
 }
