@@ -57,8 +57,8 @@ pub struct OsrArgs {
     )]
     splits: Vec<usize>,
     /// Tabulate another rule: every split's model calibrated again with these `ood calibrate`
-    /// flags (one string, e.g. "--score energy-led"), into splitN/rule-<flags>/ beside its
-    /// default calibration, the table into osr-rule-<flags>.md. The models are reused.
+    /// flags (one string, e.g. "--score energy-led"), into `splitN/rule-<flags>/` beside its
+    /// default calibration, the table into `osr-rule-<flags>.md`. The models are reused.
     #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
     calibrate: Option<String>,
     #[command(flatten)]
