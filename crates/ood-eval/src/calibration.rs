@@ -384,19 +384,24 @@ impl AcceptRule {
         let mut score = score.combination();
         score.fit(&fit.samples(features)?, fit_labels)?;
         // The threshold's references: the held-out digits, with their restyled copies
-        // when every member is referenced to them.
-        let mut threshold_set = held_out.clone();
-        match (pens, restyled) {
+        // (a copy of the set, made only then) when every member is referenced to them.
+        let with_restyled;
+        let threshold_set = match (pens, restyled) {
             (ReferencePens::All, Some(r)) => {
-                threshold_set.append(r.clone());
-                score.fit_reference(&threshold_set.samples(features)?)?;
+                let mut both = held_out.clone();
+                both.append(r.clone());
+                with_restyled = both;
+                &with_restyled
             }
+            _ => held_out,
+        };
+        match (pens, restyled) {
             (ReferencePens::Features, Some(r)) => score.fit_reference_widened(
                 &held_out.samples(features)?,
                 Some(&r.samples(features)?),
                 |m| m.reads_features(),
             )?,
-            _ => score.fit_reference(&held_out.samples(features)?)?,
+            _ => score.fit_reference(&threshold_set.samples(features)?)?,
         }
         let id = score.score(&threshold_set.samples(features)?)?;
         let ood = score.score(&synthetic.samples(features)?)?;
