@@ -1,5 +1,6 @@
 //! `ood train --ensemble N` end to end, in-process: the members share the hold-out and differ
-//! in their seed, and every later stage takes the folder as one model.
+//! in their seed, and every later stage takes the folder as one model; `ood train
+//! --distill-from` then teaches one network from the ensemble.
 
 use ood_e2e_tests::{ood as run, setup};
 
@@ -124,4 +125,78 @@ fn an_ensemble_trains_into_members_and_is_used_as_one_model() {
     ])
     .unwrap_err();
     assert!(format!("{err:#}").contains("member-0"), "{err:#}");
+}
+
+fn train(root: &str, out: &std::path::Path, extra: &[&str]) -> anyhow::Result<()> {
+    let args = training(root, out.to_str().unwrap(), extra);
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn a_student_learns_from_an_ensemble_of_its_hold_out_and_stays_one_network() {
+    let Some((root, dir)) = setup() else {
+        return;
+    };
+    let root = root.as_str();
+    let ens = dir.path().join("ens");
+    train(root, &ens, &["--ensemble", "2"]).unwrap();
+    let ens_s = ens.to_str().unwrap();
+
+    let student = dir.path().join("student");
+    train(root, &student, &["--distill-from", ens_s]).unwrap();
+    let ck = student.join("checkpoint.safetensors");
+    let distill = &meta(&ck)["distill"];
+    assert_eq!(
+        distill["teacher_sha256"],
+        ood_eval::model_sha256(&ens).unwrap().as_str()
+    );
+    assert_eq!(
+        (distill["weight"].as_f64(), distill["temperature"].as_f64()),
+        (Some(1.0), Some(4.0))
+    );
+    let history = ood_train::train::read_history(&student.join("metrics.jsonl")).unwrap();
+    assert!(history[0].distillation > 0.0, "{:?}", history[0]);
+    // One network, used like any checkpoint.
+    let model = ood_eval::load_model(&ck, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(model.nets.len(), 1);
+
+    // The teacher's term changes what is learned; at weight 0 the student is the plain model
+    // of its seed, bit for bit (the teacher draws no random numbers).
+    let plain = dir.path().join("plain");
+    train(root, &plain, &[]).unwrap();
+    let unweighted = dir.path().join("unweighted");
+    train(
+        root,
+        &unweighted,
+        &["--distill-from", ens_s, "--distill-weight", "0"],
+    )
+    .unwrap();
+    let plain_weights = tensors(&plain.join("checkpoint.safetensors"));
+    assert!(tensors(&unweighted.join("checkpoint.safetensors")) == plain_weights);
+    assert!(tensors(&ck) != plain_weights);
+
+    // A student of another hold-out would be calibrated on digits its teacher trained on.
+    let err = train(
+        root,
+        &dir.path().join("stranger"),
+        &["--distill-from", ens_s, "--seed", "3"],
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("--split-seed"), "{err:#}");
+    train(
+        root,
+        &dir.path().join("same-split"),
+        &["--distill-from", ens_s, "--seed", "3", "--split-seed", "0"],
+    )
+    .unwrap();
+    // The teacher's knobs need a teacher, and a teacher that is not there is named.
+    assert!(train(root, &dir.path().join("x"), &["--distill-weight", "2"]).is_err());
+    let missing = dir.path().join("no-such-teacher");
+    let err = train(
+        root,
+        &dir.path().join("y"),
+        &["--distill-from", missing.to_str().unwrap()],
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("no-such-teacher"), "{err:#}");
 }

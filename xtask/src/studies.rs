@@ -323,6 +323,15 @@ pub(crate) fn default_score_auroc(set: Option<&Value>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The drawn-digit set's refusals, every pen together, in an evaluation of metrics.json (null
+/// for an evaluation from before the set).
+pub(crate) fn drawn_refused(evaluation: &Value) -> Value {
+    evaluation["drawn"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["pen"] == "all"))
+        .map_or(Value::Null, |r| r["refused"].clone())
+}
+
 pub(crate) fn pct(v: &Value) -> String {
     v.as_f64()
         .map_or("-".into(), |x| format!("{:.2}%", 100.0 * x))
@@ -353,7 +362,7 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// The ablation's variants: name, description, the `ood train` flags that make it.
-const VARIANTS: [(&str, &str, &[&str]); 17] = [
+const VARIANTS: [(&str, &str, &[&str]); 18] = [
     ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
     ("k1", "k = 1, std intended (the default)", &[]),
     ("k5", "k = 5", &["--k", "5"]),
@@ -377,6 +386,11 @@ const VARIANTS: [(&str, &str, &[&str]); 17] = [
         "ensemble",
         "ensemble of 3 (seeds s, s+1, s+2)",
         &["--ensemble", "3"],
+    ),
+    (
+        "distilled",
+        "one network distilled from the ensemble variant (weight 1, temperature 4)",
+        &["--distill-from", ENSEMBLE_TEACHER],
     ),
     (
         "epochs8",
@@ -425,6 +439,10 @@ const VARIANTS: [(&str, &str, &[&str]); 17] = [
     ),
 ];
 
+/// Stands for the `ensemble` variant's folder among a variant's flags: the teacher of
+/// `distilled`, trained first when it is not there.
+const ENSEMBLE_TEACHER: &str = "<ensemble variant>";
+
 /// The variants' names, for `--variants`.
 const VARIANT_NAMES: [&str; VARIANTS.len()] = {
     let mut names = [""; VARIANTS.len()];
@@ -453,7 +471,7 @@ pub fn ablate(args: &AblateArgs) -> Result<()> {
         "Command: `cargo xtask ablate {}`\n",
         args.study.command_line(&own)
     );
-    let _ = writeln!(md, "| variant | zeros caught | valid accepted and right | Fashion-MNIST caught | closed-set accuracy | AUROC max softmax (zeros) | AUROC max softmax (Fashion) | AUROC default score (zeros) | AUROC default score (Fashion) | histograms |\n|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| variant | zeros caught | valid accepted and right | Fashion-MNIST caught | drawn digits refused | closed-set accuracy | AUROC max softmax (zeros) | AUROC max softmax (Fashion) | AUROC default score (zeros) | AUROC default score (Fashion) | histograms |\n|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut dirs = Vec::new();
     for (name, what, flags) in VARIANTS {
@@ -462,17 +480,25 @@ pub fn ablate(args: &AblateArgs) -> Result<()> {
         }
         let dir = study.root.join(name);
         dirs.push(dir.clone());
-        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        let mut flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        if let Some(teacher) = flags.iter_mut().find(|f| *f == ENSEMBLE_TEACHER) {
+            let (_, _, ensemble) = VARIANTS.iter().find(|v| v.0 == "ensemble").unwrap();
+            let ensemble_dir = study.root.join("ensemble");
+            let ensemble: Vec<String> = ensemble.iter().map(|s| s.to_string()).collect();
+            run_model(&ensemble_dir, &ensemble, &study, false)?;
+            *teacher = ensemble_dir.display().to_string();
+        }
         let m = run_model(&dir, &flags, &study, false)?;
         let e = &m["evaluation"];
         let fashion = e["far"].as_array().and_then(|f| f.first());
         let fashion_msp = fashion.map_or(Value::Null, |f| f["msp"]["auroc"].clone());
         let _ = writeln!(
             md,
-            "| {what} | {} | {} | {} | {} | {} | {} | {} | {} | [{name}]({name}/report/msp_hist.png) |",
+            "| {what} | {} | {} | {} | {} | {} | {} | {} | {} | {} | [{name}]({name}/report/msp_hist.png) |",
             pct(&e["unknown_detection"]),
             pct(&e["known_accuracy"]),
             pct(&fashion.map_or(Value::Null, |f| f["flagged"].clone())),
+            pct(&drawn_refused(e)),
             pct(&e["closed_set_accuracy"]),
             num(&e["near"]["msp"]["auroc"]),
             num(&fashion_msp),
@@ -619,10 +645,13 @@ pub fn seeds(args: &SeedsArgs) -> Result<()> {
         "Command: `cargo xtask seeds {}`\n",
         args.study.command_line(&own)
     );
+    // The first PERCENT_COLUMNS are rates, the rest AUROCs.
+    const PERCENT_COLUMNS: usize = 5;
     let headers = [
         "valid accepted and right",
         "zeros caught",
         "Fashion-MNIST caught",
+        "drawn digits refused",
         "closed-set accuracy",
         "AUROC default score (zeros)",
         "AUROC default score (Fashion)",
@@ -651,6 +680,7 @@ pub fn seeds(args: &SeedsArgs) -> Result<()> {
             e["known_accuracy"].clone(),
             e["unknown_detection"].clone(),
             fashion.map_or(Value::Null, |f| f["flagged"].clone()),
+            drawn_refused(e),
             e["closed_set_accuracy"].clone(),
             default_score_auroc(Some(&e["near"])),
             default_score_auroc(fashion),
@@ -661,7 +691,7 @@ pub fn seeds(args: &SeedsArgs) -> Result<()> {
         let cells: Vec<String> = values
             .iter()
             .enumerate()
-            .map(|(i, v)| if i < 4 { pct(v) } else { num(v) })
+            .map(|(i, v)| if i < PERCENT_COLUMNS { pct(v) } else { num(v) })
             .collect();
         let _ = writeln!(md, "| {seed} | {} |", cells.join(" | "));
         rows.push(serde_json::json!({"seed": seed, "evaluation": e}));
@@ -680,7 +710,7 @@ pub fn seeds(args: &SeedsArgs) -> Result<()> {
                 .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
                     (l.min(x), h.max(x))
                 });
-            if i < 4 {
+            if i < PERCENT_COLUMNS {
                 format!("{:.2}% ({:.2}-{:.2})", 100.0 * mean, 100.0 * lo, 100.0 * hi)
             } else {
                 format!("{mean:.4} ({lo:.4}-{hi:.4})")

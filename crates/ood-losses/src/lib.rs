@@ -12,6 +12,8 @@
 //!   `std(p)` as the text intends; [`StdSign::Literal`] keeps the printed sign.
 //! * [`objective`]: `L = CE + k * penalty + lambda_std * L_std + lambda_rec * L_den`.
 //! * [`energy_margin`]: the outlier-exposure term, for training's optional negatives.
+//! * [`distillation`]: the KL divergence from a teacher's softened softmax, for a student
+//!   that learns from an ensemble.
 //!
 //! This crate knows nothing of models, data or optimisers; it takes logits, class indices and
 //! images as tensors and returns scalar tensors to differentiate.
@@ -179,6 +181,27 @@ pub fn energy_margin(
         .sqr()?
         .mean_all()?;
     known + negative
+}
+
+/// Knowledge distillation (Hinton et al., "Distilling the Knowledge in a Neural Network",
+/// 2015): `T^2 * mean_n KL(softmax(t_n / T) || softmax(s_n / T))` for student logits `s` and
+/// teacher logits `t`, both `(N, C)`. The teacher is detached: only the student learns. The
+/// factor `T^2` keeps the gradient's size independent of the temperature, and the divergence
+/// (rather than the cross-entropy with soft targets) makes the term zero when the student
+/// matches the teacher, so its logged value reads directly.
+pub fn distillation(
+    student_logits: &Tensor,
+    teacher_logits: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    if temperature.is_nan() || temperature <= 0.0 {
+        candle_core::bail!("distillation temperature {temperature}: it must be positive");
+    }
+    let (n, _) = student_logits.dims2()?;
+    let teacher_log_p = log_softmax(&(teacher_logits.detach() / temperature)?)?;
+    let student_log_p = log_softmax(&(student_logits / temperature)?)?;
+    let kl = (teacher_log_p.exp()? * (teacher_log_p - student_log_p)?)?.sum_all()?;
+    kl * (temperature * temperature / n as f64)
 }
 
 /// Eq. 2: mean squared error over all pixels.

@@ -157,3 +157,30 @@ fn energy_margin_by_hand_and_its_gradient() {
         &t2(&[[0.3, -0.2, 0.1]]),
     );
 }
+
+#[test]
+fn distillation_by_hand_and_its_gradient() {
+    // Teacher row [ln 3, 0, 0] at T = 2: its softened softmax is that of [ln 3 / 2, 0, 0].
+    let student = t2(&[[0.0, 0.0, 0.0], [1.0, -1.0, 0.5]]);
+    let teacher = t2(&[[3f64.ln(), 0.0, 0.0], [1.0, -1.0, 0.5]]);
+    let softmax = |z: [f64; 3]| {
+        let s: f64 = z.iter().map(|x| x.exp()).sum();
+        z.map(|x| x.exp() / s)
+    };
+    let p = softmax([3f64.ln() / 2.0, 0.0, 0.0]);
+    let kl: f64 = p.iter().map(|pi| pi * (pi / (1.0 / 3.0)).ln()).sum();
+    // Row 1 matches its teacher and adds nothing; the mean is over both rows, times T^2.
+    let want = 4.0 * kl / 2.0;
+    let got = scalar(&distillation(&student, &teacher, 2.0).unwrap());
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    assert!(scalar(&distillation(&teacher, &teacher, 4.0).unwrap()).abs() < 1e-12);
+    check_gradient(|z| distillation(z, &teacher, 2.0).unwrap(), &student);
+    // The teacher is detached: no gradient reaches it.
+    let t = Var::from_tensor(&teacher).unwrap();
+    let grads = distillation(&student, t.as_tensor(), 2.0)
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&t).is_none());
+    assert!(distillation(&student, &teacher, 0.0).is_err());
+}

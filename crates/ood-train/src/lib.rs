@@ -3,7 +3,9 @@
 //! [`train()`] runs AdamW with warm-up and cosine decay on the objective of `ood-losses`, with
 //! the classifier on clean images and the decoder on noised copies through the shared trunk;
 //! it writes a checkpoint atomically after every epoch and on interrupt, resumes exactly from
-//! one, stops on a non-finite loss, and logs each epoch to `metrics.jsonl`. [`infer()`] runs a
+//! one, stops on a non-finite loss, and logs each epoch to `metrics.jsonl`.
+//! [`train_with_teacher()`] adds a teacher's softened outputs to the objective (see
+//! [`distill`]). [`infer()`] runs a
 //! trained model over a set in mini-batches and returns plain arrays.
 //!
 //! It does not choose thresholds or compute OOD metrics (that is `ood-calibrate`), and it
@@ -22,14 +24,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod distill;
 pub mod infer;
 pub mod optim;
 pub mod train;
 
+pub use distill::{Distillation, Teacher};
 pub use infer::{accuracy, infer, Inference};
 pub use train::{
-    member_dir, train, EpochMetrics, Outcome, OutlierExposure, TrainConfig, TrainSummary,
-    CHECKPOINT_FILE, METRICS_FILE,
+    member_dir, train, train_with_teacher, EpochMetrics, Outcome, OutlierExposure, TrainConfig,
+    TrainSummary, CHECKPOINT_FILE, METRICS_FILE,
 };
 
 use std::path::PathBuf;

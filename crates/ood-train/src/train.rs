@@ -1,6 +1,7 @@
 //! The training loop: the classifier sees the clean batch, the decoder sees a noised copy, both
 //! through the shared trunk in one forward pass; one backward of the summed objective.
 
+use crate::distill::{Distillation, Teacher};
 use crate::infer::{accuracy, infer};
 use crate::optim::{AdamW, AdamWConfig, Schedule, WeightAverage};
 use crate::{Result, TrainError};
@@ -13,7 +14,7 @@ use ood_data::negatives::scribbles;
 use ood_data::noise::{corrupt_batch, NoiseConfig};
 use ood_data::pen::{restyle_batch, PenConfig};
 use ood_data::{ClassSpec, Splits};
-use ood_losses::{energy_margin, objective, EnergyMargins, LossWeights};
+use ood_losses::{distillation, energy_margin, objective, EnergyMargins, LossWeights};
 use ood_model::checkpoint::{save_checkpoint, Checkpoint, CheckpointMeta, FORMAT_VERSION};
 use ood_model::{ModelConfig, OodNet};
 use serde::{Deserialize, Serialize};
@@ -118,6 +119,10 @@ pub struct TrainConfig {
     /// Train against scribbles too; `None`: no negatives (and what older checkpoints say).
     #[serde(default)]
     pub outlier_exposure: Option<OutlierExposure>,
+    /// Learn from a teacher's softened outputs too ([`train_with_teacher`]); `None`: no
+    /// teacher (and what older checkpoints say).
+    #[serde(default)]
+    pub distill: Option<Distillation>,
 }
 
 impl TrainConfig {
@@ -146,6 +151,7 @@ impl TrainConfig {
             pen: None,
             ema_decay: None,
             outlier_exposure: None,
+            distill: None,
         })
     }
 
@@ -203,6 +209,9 @@ pub struct EpochMetrics {
     /// The energy-margin term of outlier exposure (0 without it).
     #[serde(default)]
     pub outlier_exposure: f64,
+    /// The distillation term (0 without a teacher).
+    #[serde(default)]
+    pub distillation: f64,
     pub train_accuracy: f64,
     pub val_accuracy: f64,
     pub seconds: f64,
@@ -235,6 +244,38 @@ pub fn train(
     resume: bool,
     interrupt: &AtomicBool,
 ) -> Result<TrainSummary> {
+    train_with_teacher(config, None, splits, device, out_dir, resume, interrupt)
+}
+
+/// [`train`], learning from `teacher` too when `config.distill` asks for one: the objective
+/// gains `weight * distillation(student, teacher, temperature)` on every batch of digits.
+pub fn train_with_teacher(
+    config: &TrainConfig,
+    teacher: Option<&Teacher>,
+    splits: &Splits,
+    device: &Device,
+    out_dir: &Path,
+    resume: bool,
+    interrupt: &AtomicBool,
+) -> Result<TrainSummary> {
+    let teacher = match (&config.distill, teacher) {
+        (Some(d), Some(t)) => {
+            t.check_student(config)?;
+            Some((d, t))
+        }
+        (None, None) => None,
+        (Some(d), None) => {
+            return Err(TrainError::Config(format!(
+                "the arguments ask to distil from {}, but no teacher was given",
+                d.teacher
+            )))
+        }
+        (None, Some(_)) => {
+            return Err(TrainError::Config(
+                "a teacher was given, but the arguments ask for no distillation".into(),
+            ))
+        }
+    };
     std::fs::create_dir_all(out_dir).map_err(|e| TrainError::Io(out_dir.to_path_buf(), e))?;
     let checkpoint_path = out_dir.join(CHECKPOINT_FILE);
     let metrics_path = out_dir.join(METRICS_FILE);
@@ -384,6 +425,14 @@ pub fn train(
                 }
                 None => (terms.total.clone(), 0.0),
             };
+            let (loss, distilled) = match teacher {
+                Some((d, t)) => {
+                    let term = distillation(&logits, &t.logits(&batch.images)?, d.temperature)?;
+                    let value = term.to_scalar::<f32>()? as f64;
+                    ((loss + (term * d.weight)?)?, value)
+                }
+                None => (loss, 0.0),
+            };
             let total = loss.to_scalar::<f32>()?;
             if !total.is_finite() {
                 bar.abandon();
@@ -399,6 +448,7 @@ pub fn train(
             }
             sums.add(&terms, &logits, &batch.class_indices, total)?;
             sums.exposure += exposure;
+            sums.distilled += distilled;
             let ips = sums.images as f64 / started.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "loss {:.4} ce {:.4} focal {:.4} std {:.4} den {:.4} | {ips:.0} img/s",
@@ -441,6 +491,7 @@ pub fn train(
             std: sums.mean(sums.std),
             denoising: sums.mean(sums.den),
             outlier_exposure: sums.mean(sums.exposure),
+            distillation: sums.mean(sums.distilled),
             train_accuracy: sums.correct as f64 / sums.images.max(1) as f64,
             val_accuracy: accuracy(&val.predictions(), &val_targets),
             seconds: train_seconds,
@@ -563,6 +614,7 @@ struct Sums {
     std: f64,
     den: f64,
     exposure: f64,
+    distilled: f64,
     batches: usize,
     images: usize,
     correct: usize,

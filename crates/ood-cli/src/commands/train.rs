@@ -3,7 +3,7 @@ use anyhow::{Context, Result};
 use ood_data::{ClassSpec, Splits};
 use ood_losses::StdSign;
 use ood_model::DeviceChoice;
-use ood_train::{train, Outcome, TrainConfig};
+use ood_train::{train_with_teacher, Distillation, Outcome, Teacher, TrainConfig};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -55,6 +55,18 @@ pub struct TrainArgs {
     /// resumed (finished ones are kept), so an interrupted ensemble continues where it stopped.
     #[arg(long, value_name = "N")]
     pub ensemble: Option<usize>,
+    /// Learn from a teacher too: the softened softmax of a checkpoint or of an ensemble folder
+    /// (`ood train --ensemble N`), trained with the same --known/--unknown and validation
+    /// hold-out (--split-seed, --limit). The student stays one network: one forward pass per
+    /// image when it serves.
+    #[arg(long, value_name = "MODEL", conflicts_with = "ensemble")]
+    pub distill_from: Option<PathBuf>,
+    /// Weight of the distillation term beside the cross-entropy (default 1).
+    #[arg(long, value_name = "W", requires = "distill_from")]
+    pub distill_weight: Option<f64>,
+    /// Softmax temperature of the teacher's soft targets (default 4).
+    #[arg(long, value_name = "T", requires = "distill_from")]
+    pub distill_temperature: Option<f64>,
     /// Use only the first N images of each split.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -185,19 +197,39 @@ impl TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let config = args.config()?;
+    let mut config = args.config()?;
     anyhow::ensure!(
         args.ensemble != Some(0),
         "--ensemble needs at least one member"
     );
     let device = args.device.open()?;
+    let teacher = match &args.distill_from {
+        Some(path) => {
+            let (distill, teacher) = load_teacher(args, path, &device)?;
+            teacher
+                .check_student(&config)
+                .with_context(|| format!("--distill-from {}", path.display()))?;
+            config.distill = Some(distill);
+            Some(teacher)
+        }
+        None => None,
+    };
+    let teacher = teacher.as_ref();
     let (train_set, test_set) = super::data::load_mnist(&args.data)?;
     let splits = Splits::new(&train_set, &test_set, &ood_eval::split_config(&config))?;
     // A second registration (tests run several trainings in one process) is not an error.
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     INTERRUPTED.store(false, Ordering::SeqCst);
     match args.ensemble {
-        None => train_one(args, &config, &splits, &device, &args.out, args.resume),
+        None => train_one(
+            args,
+            &config,
+            teacher,
+            &splits,
+            &device,
+            &args.out,
+            args.resume,
+        ),
         Some(n) => {
             for i in 0..n {
                 let member = &config.ensemble_member(i);
@@ -209,7 +241,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                     member.seed,
                     if resume { ": resuming" } else { "" }
                 );
-                train_one(args, member, &splits, &device, &out, resume)?;
+                train_one(args, member, None, &splits, &device, &out, resume)?;
             }
             println!(
                 "ensemble of {n} in {}: calibrate, evaluate and predict take this folder",
@@ -220,9 +252,46 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
 }
 
+/// The teacher of `--distill-from`, and how the student learns from it.
+fn load_teacher(
+    args: &TrainArgs,
+    path: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<(Distillation, Teacher)> {
+    let weight = args.distill_weight.unwrap_or(Distillation::DEFAULT_WEIGHT);
+    let temperature = args
+        .distill_temperature
+        .unwrap_or(Distillation::DEFAULT_TEMPERATURE);
+    anyhow::ensure!(
+        weight.is_finite() && weight >= 0.0,
+        "--distill-weight {weight}: the weight must be a finite number >= 0"
+    );
+    anyhow::ensure!(
+        temperature.is_finite() && temperature > 0.0,
+        "--distill-temperature {temperature}: the temperature must be positive"
+    );
+    let model = ood_eval::model::load_model(path, device)
+        .with_context(|| format!("loading the teacher {}", path.display()))?;
+    eprintln!(
+        "distilling from {} ({} net{}, sha256 {}), weight {weight}, temperature {temperature}",
+        path.display(),
+        model.nets.len(),
+        if model.nets.len() == 1 { "" } else { "s" },
+        &model.sha256[..12]
+    );
+    let distill = Distillation {
+        teacher: path.display().to_string(),
+        teacher_sha256: model.sha256,
+        weight,
+        temperature,
+    };
+    Ok((distill, Teacher::new(model.nets, model.train)?))
+}
+
 fn train_one(
     args: &TrainArgs,
     config: &TrainConfig,
+    teacher: Option<&Teacher>,
     splits: &Splits,
     device: &candle_core::Device,
     out: &std::path::Path,
@@ -240,7 +309,7 @@ fn train_one(
         out.display()
     );
     let started = std::time::Instant::now();
-    let summary = train(config, splits, device, out, resume, &INTERRUPTED)
+    let summary = train_with_teacher(config, teacher, splits, device, out, resume, &INTERRUPTED)
         .with_context(|| format!("training into {}", out.display()))?;
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     match summary.outcome {
