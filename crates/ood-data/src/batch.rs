@@ -36,6 +36,26 @@ pub struct Batch {
     pub class_indices: Vec<u32>,
 }
 
+impl Batch {
+    /// The batch of `rows x cols` images given as host pixels and class indices.
+    pub fn new(
+        pixels: Vec<f32>,
+        class_indices: Vec<u32>,
+        (rows, cols): (usize, usize),
+        device: &Device,
+    ) -> Result<Self> {
+        let n = class_indices.len();
+        let images = Tensor::from_slice(&pixels, (n, 1, rows, cols), device)?;
+        let targets = Tensor::from_slice(&class_indices, n, device)?;
+        Ok(Batch {
+            images,
+            targets,
+            pixels,
+            class_indices,
+        })
+    }
+}
+
 /// Cuts a labelled set into mini-batches, in a fresh seeded order each epoch when shuffling.
 #[derive(Debug, Clone)]
 pub struct Batcher<'a> {
@@ -101,6 +121,14 @@ impl<'a> Batcher<'a> {
 
     /// Batch `index` of an epoch whose order is `order` (see [`Batcher::order`]).
     pub fn batch(&self, order: &[usize], index: usize, device: &Device) -> Result<Batch> {
+        let (pixels, class_indices) = self.host_batch(order, index);
+        let shape = (self.data.images.rows, self.data.images.cols);
+        Batch::new(pixels, class_indices, shape, device)
+    }
+
+    /// Batch `index` of `order` on the host: its pixels (f32 in [0, 1]) and class indices,
+    /// for callers that change the pixels before they become tensors (on another thread).
+    pub fn host_batch(&self, order: &[usize], index: usize) -> (Vec<f32>, Vec<u32>) {
         let start = index * self.batch_size;
         let end = (start + self.batch_size).min(order.len());
         let items = &order[start..end];
@@ -110,14 +138,7 @@ impl<'a> Batcher<'a> {
             pixels.extend(self.data.images.image(i).iter().map(|&p| p as f32 / 255.0));
         }
         let class_indices: Vec<u32> = items.iter().map(|&i| self.class_indices[i]).collect();
-        let images = Tensor::from_slice(&pixels, (items.len(), 1, rows, cols), device)?;
-        let targets = Tensor::from_slice(&class_indices, items.len(), device)?;
-        Ok(Batch {
-            images,
-            targets,
-            pixels,
-            class_indices,
-        })
+        (pixels, class_indices)
     }
 
     /// All batches of one epoch, in order.
