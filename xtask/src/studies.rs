@@ -364,7 +364,11 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
 /// The ablation's variants: name, description, the `ood train` flags that make it.
 const VARIANTS: [(&str, &str, &[&str]); 18] = [
     ("k0", "k = 0 (cross-entropy only, std on)", &["--k", "0"]),
-    ("k1", "k = 1, std intended (the default)", &[]),
+    (
+        "k1",
+        "k = 1, std intended (the default, with the pen styles)",
+        &[],
+    ),
     ("k5", "k = 5", &["--k", "5"]),
     ("std-off", "std loss off", &["--lambda-std", "0"]),
     (
@@ -408,9 +412,9 @@ const VARIANTS: [(&str, &str, &[&str]); 18] = [
         &["--outlier-exposure"],
     ),
     (
-        "pen-styles",
-        "pen styles (elastic, binarised, blurred, thicker, thinner, the page's redraw)",
-        &["--pen-styles"],
+        "mnist-pen",
+        "MNIST's pen alone (no pen styles: the quick recipe before they joined it)",
+        &["--no-pen-styles"],
     ),
     (
         "pen-elastic",
