@@ -27,7 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         restyle_batch(&mut p, side, &config, &mut rng);
         let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-        println!("{name}: {us:.0} us per image, {:.1} s per 49k-image epoch", us * 49077.0 / 1e6);
+        println!(
+            "{name}: {us:.0} us per image, {:.1} s per 49k-image epoch",
+            us * 49077.0 / 1e6
+        );
     }
     Ok(())
 }
