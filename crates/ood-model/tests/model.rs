@@ -63,7 +63,9 @@ fn shapes_and_seeded_init() {
 static KERNEL_CHOICE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn hold_kernel_choice() -> std::sync::MutexGuard<'static, ()> {
-    KERNEL_CHOICE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    KERNEL_CHOICE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[test]
