@@ -354,176 +354,99 @@ pub fn train_with_teacher(
         .collect();
     let side = config.model.image_size;
 
-    // The batches' pixels are made on a second thread, one epoch at a time, while the step
-    // before runs: the warp, the pens, the noise and the scribbles are single-threaded work
-    // that would otherwise stall the step. Each batch draws from its own seeded streams, so
-    // what is made does not depend on the thread. An early return drops the receiver, which
-    // stops the producer before the scope joins it.
-    std::thread::scope(|scope| {
-        while epoch < config.epochs {
-            let (sender, batches_made) = std::sync::mpsc::sync_channel(BATCHES_AHEAD);
-            let (order, from, epoch_now) = (batcher.order(epoch), first_batch, epoch);
-            let batcher = &batcher;
-            scope.spawn(move || {
-                for b in from..batches {
-                    let step_index = (epoch_now * batches + b) as u64;
-                    if sender
-                        .send(make_batch(config, batcher, &order, b, step_index))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-            let bar = progress_bar(batches as u64, epoch, config.epochs);
-            bar.set_position(first_batch as u64);
-            let started = Instant::now();
-            let mut sums = Sums::default();
-            for b in first_batch..batches {
-                let made = batches_made
-                    .recv()
-                    .expect("the batch producer makes every batch of the epoch");
-                let batch = Batch::new(made.pixels, made.class_indices, (side, side), device)?;
-                let n = batch.class_indices.len();
-                let lr = schedule.at(opt.step);
-                // One trunk pass over the clean batch, its noised copy (for the decoder) and the
-                // scribbles (for outlier exposure), in that order.
-                let noised = match made.noised {
-                    Some(noised) => Some(Tensor::from_vec(noised, (n, 1, side, side), device)?),
-                    None => None,
-                };
-                let negatives = match (&config.outlier_exposure, made.scribbles) {
-                    (Some(oe), Some(pixels)) => {
-                        let images =
-                            Tensor::from_vec(pixels, (oe.negatives, 1, side, side), device)?;
-                        Some((oe, images))
-                    }
-                    _ => None,
-                };
-                let mut parts = vec![&batch.images];
-                parts.extend(noised.as_ref());
-                parts.extend(negatives.as_ref().map(|(_, images)| images));
-                let features = match parts.as_slice() {
-                    [only] => net.features(only, true)?,
-                    _ => net.features(&Tensor::cat(&parts, 0)?, true)?,
-                };
-                let logits = net.classify(&OodNet::pool(&features.narrow(0, 0, n)?)?)?;
-                let recon = match noised {
-                    Some(_) => Some(net.decode(&features.narrow(0, n, n)?, true)?),
-                    None => None,
-                };
-                let terms = objective(
-                    &logits,
-                    &batch.targets,
-                    recon.as_ref().map(|r| (r, &batch.images)),
-                    &config.loss,
-                )?;
-                let (loss, exposure) =
-                    match negatives {
-                        Some((oe, _)) => {
-                            // The scribbles are the last rows of the pass.
-                            let first = features.dim(0)? - oe.negatives;
-                            let negative_logits = net.classify(&OodNet::pool(
-                                &features.narrow(0, first, oe.negatives)?,
-                            )?)?;
-                            let margin = energy_margin(&logits, &negative_logits, oe.margins)?;
-                            let value = margin.to_scalar::<f32>()? as f64;
-                            ((&terms.total + (margin * oe.weight)?)?, value)
-                        }
-                        None => (terms.total.clone(), 0.0),
-                    };
-                let (loss, distilled) = match teacher {
-                    Some((d, t)) => {
-                        let term = distillation(&logits, &t.logits(&batch.images)?, d.temperature)?;
-                        let value = term.to_scalar::<f32>()? as f64;
-                        ((loss + (term * d.weight)?)?, value)
-                    }
-                    None => (loss, 0.0),
-                };
-                let total = loss.to_scalar::<f32>()?;
-                if !total.is_finite() {
-                    bar.abandon();
-                    return Err(TrainError::NonFinite {
-                        epoch: epoch + 1,
-                        batch: b,
-                        checkpoint: checkpoint_path.clone(),
-                    });
-                }
-                opt.backward_step(&loss, lr)?;
-                if let Some(a) = &averaged {
-                    a.weights.update(opt.step)?;
-                }
-                sums.add(&terms, &logits, &batch.class_indices, total)?;
-                sums.exposure += exposure;
-                sums.distilled += distilled;
-                let ips = sums.images as f64 / started.elapsed().as_secs_f64();
-                bar.set_message(format!(
-                    "loss {:.4} ce {:.4} focal {:.4} std {:.4} den {:.4} | {ips:.0} img/s",
-                    sums.mean(sums.loss),
-                    sums.mean(sums.ce),
-                    sums.mean(sums.focal),
-                    sums.mean(sums.std),
-                    sums.mean(sums.den)
-                ));
-                bar.inc(1);
-                if interrupt.load(Ordering::SeqCst) && b + 1 < batches {
-                    bar.abandon_with_message("interrupted: saving a checkpoint");
-                    let meta = meta_for(config, epoch, b + 1, opt.step, history.last());
-                    save(&checkpoint_path, &meta, &varmap, &opt, averaged.as_ref())?;
-                    return Ok(TrainSummary {
-                        outcome: Outcome::Interrupted,
-                        checkpoint: checkpoint_path,
-                        history,
-                    });
-                }
-            }
-            let train_seconds = started.elapsed().as_secs_f64();
-            // What is saved as the model is what is validated.
-            let model = averaged.as_ref().map_or(&net, |a| &a.net);
-            let val = infer(
-                std::slice::from_ref(model),
-                &val_pixels,
-                None,
-                false,
-                config.eval_batch_size,
-                device,
-            )?;
-            let metrics = EpochMetrics {
-                epoch: epoch + 1,
-                step: opt.step,
-                learning_rate: schedule.at(opt.step.saturating_sub(1)),
-                loss: sums.mean(sums.loss),
-                cross_entropy: sums.mean(sums.ce),
-                inverse_focal: sums.mean(sums.focal),
-                std: sums.mean(sums.std),
-                denoising: sums.mean(sums.den),
-                outlier_exposure: sums.mean(sums.exposure),
-                distillation: sums.mean(sums.distilled),
-                train_accuracy: sums.correct as f64 / sums.images.max(1) as f64,
-                val_accuracy: accuracy(&val.predictions(), &val_targets),
-                seconds: train_seconds,
-                images_per_second: sums.images as f64 / train_seconds,
+    while epoch < config.epochs {
+        let order = batcher.order(epoch);
+        let bar = progress_bar(batches as u64, epoch, config.epochs);
+        bar.set_position(first_batch as u64);
+        let started = Instant::now();
+        let mut sums = Sums::default();
+        for b in first_batch..batches {
+            let step_index = (epoch * batches + b) as u64;
+            let made = make_batch(config, &batcher, &order, b, step_index);
+            let batch = Batch::new(made.pixels, made.class_indices, (side, side), device)?;
+            let n = batch.class_indices.len();
+            let lr = schedule.at(opt.step);
+            // One trunk pass over the clean batch, its noised copy (for the decoder) and the
+            // scribbles (for outlier exposure), in that order.
+            let noised = match made.noised {
+                Some(noised) => Some(Tensor::from_vec(noised, (n, 1, side, side), device)?),
+                None => None,
             };
-            bar.finish_with_message(format!(
-                "loss {:.4} | val accuracy {:.2}% | {:.0} img/s",
-                metrics.loss,
-                100.0 * metrics.val_accuracy,
-                metrics.images_per_second
+            let negatives = match (&config.outlier_exposure, made.scribbles) {
+                (Some(oe), Some(pixels)) => {
+                    let images = Tensor::from_vec(pixels, (oe.negatives, 1, side, side), device)?;
+                    Some((oe, images))
+                }
+                _ => None,
+            };
+            let mut parts = vec![&batch.images];
+            parts.extend(noised.as_ref());
+            parts.extend(negatives.as_ref().map(|(_, images)| images));
+            let features = match parts.as_slice() {
+                [only] => net.features(only, true)?,
+                _ => net.features(&Tensor::cat(&parts, 0)?, true)?,
+            };
+            let logits = net.classify(&OodNet::pool(&features.narrow(0, 0, n)?)?)?;
+            let recon = match noised {
+                Some(_) => Some(net.decode(&features.narrow(0, n, n)?, true)?),
+                None => None,
+            };
+            let terms = objective(
+                &logits,
+                &batch.targets,
+                recon.as_ref().map(|r| (r, &batch.images)),
+                &config.loss,
+            )?;
+            let (loss, exposure) = match negatives {
+                Some((oe, _)) => {
+                    // The scribbles are the last rows of the pass.
+                    let first = features.dim(0)? - oe.negatives;
+                    let negative_logits =
+                        net.classify(&OodNet::pool(&features.narrow(0, first, oe.negatives)?)?)?;
+                    let margin = energy_margin(&logits, &negative_logits, oe.margins)?;
+                    let value = margin.to_scalar::<f32>()? as f64;
+                    ((&terms.total + (margin * oe.weight)?)?, value)
+                }
+                None => (terms.total.clone(), 0.0),
+            };
+            let (loss, distilled) = match teacher {
+                Some((d, t)) => {
+                    let term = distillation(&logits, &t.logits(&batch.images)?, d.temperature)?;
+                    let value = term.to_scalar::<f32>()? as f64;
+                    ((loss + (term * d.weight)?)?, value)
+                }
+                None => (loss, 0.0),
+            };
+            let total = loss.to_scalar::<f32>()?;
+            if !total.is_finite() {
+                bar.abandon();
+                return Err(TrainError::NonFinite {
+                    epoch: epoch + 1,
+                    batch: b,
+                    checkpoint: checkpoint_path.clone(),
+                });
+            }
+            opt.backward_step(&loss, lr)?;
+            if let Some(a) = &averaged {
+                a.weights.update(opt.step)?;
+            }
+            sums.add(&terms, &logits, &batch.class_indices, total)?;
+            sums.exposure += exposure;
+            sums.distilled += distilled;
+            let ips = sums.images as f64 / started.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4} ce {:.4} focal {:.4} std {:.4} den {:.4} | {ips:.0} img/s",
+                sums.mean(sums.loss),
+                sums.mean(sums.ce),
+                sums.mean(sums.focal),
+                sums.mean(sums.std),
+                sums.mean(sums.den)
             ));
-            tracing::info!(
-                epoch = metrics.epoch,
-                loss = metrics.loss,
-                val_accuracy = metrics.val_accuracy,
-                seconds = metrics.seconds,
-                "epoch done"
-            );
-            history.push(metrics);
-            epoch += 1;
-            first_batch = 0;
-            write_history(&metrics_path, &history)?;
-            let meta = meta_for(config, epoch, 0, opt.step, history.last());
-            save(&checkpoint_path, &meta, &varmap, &opt, averaged.as_ref())?;
-            if interrupt.load(Ordering::SeqCst) && epoch < config.epochs {
+            bar.inc(1);
+            if interrupt.load(Ordering::SeqCst) && b + 1 < batches {
+                bar.abandon_with_message("interrupted: saving a checkpoint");
+                let meta = meta_for(config, epoch, b + 1, opt.step, history.last());
+                save(&checkpoint_path, &meta, &varmap, &opt, averaged.as_ref())?;
                 return Ok(TrainSummary {
                     outcome: Outcome::Interrupted,
                     checkpoint: checkpoint_path,
@@ -531,18 +454,68 @@ pub fn train_with_teacher(
                 });
             }
         }
-        Ok(TrainSummary {
-            outcome: Outcome::Finished,
-            checkpoint: checkpoint_path,
-            history,
-        })
+        let train_seconds = started.elapsed().as_secs_f64();
+        // What is saved as the model is what is validated.
+        let model = averaged.as_ref().map_or(&net, |a| &a.net);
+        let val = infer(
+            std::slice::from_ref(model),
+            &val_pixels,
+            None,
+            false,
+            config.eval_batch_size,
+            device,
+        )?;
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            step: opt.step,
+            learning_rate: schedule.at(opt.step.saturating_sub(1)),
+            loss: sums.mean(sums.loss),
+            cross_entropy: sums.mean(sums.ce),
+            inverse_focal: sums.mean(sums.focal),
+            std: sums.mean(sums.std),
+            denoising: sums.mean(sums.den),
+            outlier_exposure: sums.mean(sums.exposure),
+            distillation: sums.mean(sums.distilled),
+            train_accuracy: sums.correct as f64 / sums.images.max(1) as f64,
+            val_accuracy: accuracy(&val.predictions(), &val_targets),
+            seconds: train_seconds,
+            images_per_second: sums.images as f64 / train_seconds,
+        };
+        bar.finish_with_message(format!(
+            "loss {:.4} | val accuracy {:.2}% | {:.0} img/s",
+            metrics.loss,
+            100.0 * metrics.val_accuracy,
+            metrics.images_per_second
+        ));
+        tracing::info!(
+            epoch = metrics.epoch,
+            loss = metrics.loss,
+            val_accuracy = metrics.val_accuracy,
+            seconds = metrics.seconds,
+            "epoch done"
+        );
+        history.push(metrics);
+        epoch += 1;
+        first_batch = 0;
+        write_history(&metrics_path, &history)?;
+        let meta = meta_for(config, epoch, 0, opt.step, history.last());
+        save(&checkpoint_path, &meta, &varmap, &opt, averaged.as_ref())?;
+        if interrupt.load(Ordering::SeqCst) && epoch < config.epochs {
+            return Ok(TrainSummary {
+                outcome: Outcome::Interrupted,
+                checkpoint: checkpoint_path,
+                history,
+            });
+        }
+    }
+    Ok(TrainSummary {
+        outcome: Outcome::Finished,
+        checkpoint: checkpoint_path,
+        history,
     })
 }
 
-/// How many batches the producer may make ahead of the step.
-const BATCHES_AHEAD: usize = 2;
-
-/// One batch's host-side inputs, made off the training thread by [`make_batch`].
+/// One batch's host-side inputs, as [`make_batch`] makes them.
 struct MadeBatch {
     /// The digits after the warp and the pens.
     pixels: Vec<f32>,
