@@ -30,6 +30,10 @@ pub struct PenConfig {
     /// Probability of a redraw along the page's path: enlarged, binarised, the pen widened or
     /// narrowed, then prepared as `ood serve` prepares a drawing ([`redraw`]).
     pub canvas: f32,
+    /// The range the redraw's binarisation level is drawn from: higher levels keep only the
+    /// stroke's core, a finer pen. Configurations written before this field drew from 0.3-0.6.
+    #[serde(default = "earlier_canvas_levels")]
+    pub canvas_levels: (f32, f32),
     /// The range the redraw's pen radius is drawn from, in canvas pixels (a quarter of a digit
     /// pixel each; negative narrows the stroke). The page's pen is 1/12 of the pad: a digit
     /// drawn to fill the pad comes out with MNIST's 2-3 pixel strokes, one drawn at half the
@@ -53,6 +57,10 @@ fn earlier_canvas_pen_radius() -> (i32, i32) {
     (-2, 6)
 }
 
+fn earlier_canvas_levels() -> (f32, f32) {
+    (0.3, 0.6)
+}
+
 impl Default for PenConfig {
     /// Binarisation, blur, thickening and thinning as measured in the lever study
     /// (`../shared/notes/ood-levers.md`: canvas refusals 12.4% → 2.6% on one seed), plus a
@@ -65,6 +73,7 @@ impl Default for PenConfig {
             elastic_max_shift: 2.0,
             elastic_sigma: 4.0,
             canvas: 0.35,
+            canvas_levels: (0.3, 0.6),
             canvas_pen_radius: (-2, 8),
             binarize: 0.35,
             binarize_levels: (0.25, 0.6),
@@ -177,7 +186,10 @@ pub fn restyle(image: &mut [f32], side: usize, config: &PenConfig, rng: &mut imp
     if canvas_now {
         let pen = Canvas {
             scale: CANVAS_SCALE,
-            level: rng.random_range(0.3..=0.6),
+            level: {
+                let (lo, hi) = config.canvas_levels;
+                rng.random_range(lo.min(hi)..=hi.max(lo))
+            },
             pen_radius: {
                 let (lo, hi) = config.canvas_pen_radius;
                 rng.random_range(lo.min(hi)..=hi.max(lo))

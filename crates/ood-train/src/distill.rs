@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 /// What a distilled student learns from; stored in its checkpoint's training arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Distillation {
-    /// The teacher's checkpoint or ensemble folder, as given.
+    /// The teacher's checkpoint or ensemble folder, as given (for the reader: `--resume`
+    /// compares the SHA-256 alone, [`TrainConfig::for_resume`]).
     pub teacher: String,
     /// The teacher's SHA-256 (of its checkpoint, or of its members' in order), so that
     /// `--resume` refuses a teacher that changed under the student.
@@ -179,5 +180,26 @@ mod tests {
         let other_classes = TrainConfig::new("tiny", &classes).unwrap();
         let e = t.check_student(&other_classes).unwrap_err().to_string();
         assert!(e.contains("known/unknown"), "{e}");
+    }
+
+    #[test]
+    fn resume_names_the_teacher_by_its_hash_not_its_path() {
+        let with = |teacher: &str, sha: &str| TrainConfig {
+            distill: Some(Distillation {
+                teacher: teacher.into(),
+                teacher_sha256: sha.into(),
+                weight: 1.0,
+                temperature: 4.0,
+            }),
+            ..config()
+        };
+        let saved = with("runs/ens", "abc");
+        assert_eq!(
+            saved.for_resume(),
+            with("/work/runs/ens", "abc").for_resume()
+        );
+        assert_ne!(saved.for_resume(), with("runs/ens", "abd").for_resume());
+        // The hold-out's seed is written out, as before.
+        assert_eq!(saved.for_resume().split_seed, Some(0));
     }
 }

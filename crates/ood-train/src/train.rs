@@ -182,6 +182,17 @@ impl TrainConfig {
         }
     }
 
+    /// What `--resume` compares: the configuration with the hold-out's seed written out and
+    /// the teacher named by its SHA-256 alone, so that the same teacher given by another path
+    /// (relative against absolute, or moved) resumes and a changed one does not.
+    pub fn for_resume(&self) -> Self {
+        let mut c = self.with_explicit_split_seed();
+        if let Some(d) = c.distill.as_mut() {
+            d.teacher.clear();
+        }
+        c
+    }
+
     /// The seed of the validation hold-out.
     pub fn split_seed(&self) -> u64 {
         self.split_seed.unwrap_or(self.seed)
@@ -295,7 +306,7 @@ pub fn train_with_teacher(
                 checkpoint_path.display()
             ))
         })?;
-        if saved.with_explicit_split_seed() != config.with_explicit_split_seed() {
+        if saved.for_resume() != config.for_resume() {
             return Err(TrainError::Resume(format!(
                 "{} was trained with other arguments; resume with the same ones.\n saved: {}\n given: {}",
                 checkpoint_path.display(),

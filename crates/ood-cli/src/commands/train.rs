@@ -97,6 +97,25 @@ pub struct TrainArgs {
     /// Train on MNIST's pen alone: no restyling (the quick recipe before the pens joined it).
     #[arg(long, conflicts_with = "pen_styles")]
     pub no_pen_styles: bool,
+    /// The range of the page redraw's binarisation level (default 0.3,0.6): a higher top keeps
+    /// only the core of a stroke, a finer pen.
+    #[arg(
+        long,
+        value_name = "LO,HI",
+        value_delimiter = ',',
+        conflicts_with = "no_pen_styles"
+    )]
+    pub canvas_levels: Option<Vec<f32>>,
+    /// The range of the page redraw's pen radius, in quarters of a digit pixel a side (default
+    /// -2,8; negative narrows the stroke).
+    #[arg(
+        long,
+        value_name = "LO,HI",
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        conflicts_with = "no_pen_styles"
+    )]
+    pub canvas_pen_radius: Option<Vec<i32>>,
     /// Save an exponential moving average of the weights (decay per step, e.g. 0.999) as the
     /// model, instead of the weights of the last step.
     #[arg(long, value_name = "DECAY")]
@@ -166,6 +185,22 @@ impl TrainArgs {
         }
         if self.no_pen_styles {
             c.pen = None;
+        }
+        if let (Some(pen), Some(levels)) = (c.pen.as_mut(), &self.canvas_levels) {
+            anyhow::ensure!(
+                levels.len() == 2
+                    && levels.iter().all(|l| (0.0..1.0).contains(l))
+                    && levels[0] <= levels[1],
+                "--canvas-levels {levels:?}: two levels in [0, 1), the lower first"
+            );
+            pen.canvas_levels = (levels[0], levels[1]);
+        }
+        if let (Some(pen), Some(radius)) = (c.pen.as_mut(), &self.canvas_pen_radius) {
+            anyhow::ensure!(
+                radius.len() == 2 && radius[0] <= radius[1],
+                "--canvas-pen-radius {radius:?}: the narrower radius first"
+            );
+            pen.canvas_pen_radius = (radius[0], radius[1]);
         }
         c.outlier_exposure = self
             .outlier_exposure
@@ -377,6 +412,13 @@ mod tests {
         // The flag alone is the quick recipe as it is.
         assert_eq!(config(&["--pen-styles"]), quick);
         // Some effects only.
+        let fine = config(&["--canvas-levels", "0.3,0.7", "--canvas-pen-radius", "-4,8"]);
+        let pen = fine.pen.unwrap();
+        assert_eq!(
+            (pen.canvas_levels, pen.canvas_pen_radius),
+            ((0.3, 0.7), (-4, 8))
+        );
+        assert_eq!(pen.thin, quick.pen.unwrap().thin);
         let canvas = config(&["--pen-styles", "canvas,width"]);
         let pen = canvas.pen.unwrap();
         assert_eq!((pen.elastic, pen.binarize), (0.0, 0.0));
