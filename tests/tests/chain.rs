@@ -110,11 +110,26 @@ fn train_calibrate_evaluate_writes_every_file() {
     // pens in turn over the digits.
     let drawn = e["drawn"].as_array().unwrap();
     let pens: Vec<&str> = drawn.iter().map(|r| r["pen"].as_str().unwrap()).collect();
-    assert_eq!(pens, ["all", "canvas", "thin", "thick"]);
+    // Then every pen split by whether it kept the strokes whole: the two halves make the set.
+    assert_eq!(
+        pens,
+        [
+            "all",
+            "canvas",
+            "thin",
+            "thick",
+            "whole strokes",
+            "broken strokes"
+        ]
+    );
+    for field in ["n_known", "n_unknown"] {
+        let halves = drawn[4][field].as_u64().unwrap() + drawn[5][field].as_u64().unwrap();
+        assert_eq!(halves, 300, "{field}");
+    }
     assert_eq!(drawn[0]["n_known"], 300);
     assert_eq!(drawn[0]["n_unknown"], 300);
     assert_eq!(
-        drawn[1..]
+        drawn[1..4]
             .iter()
             .map(|r| r["n_known"].as_u64().unwrap())
             .collect::<Vec<_>>(),

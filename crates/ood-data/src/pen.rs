@@ -386,6 +386,14 @@ pub struct Canvas {
 /// scaled into 20x20, centred by mass, quantised). `None` when no ink is left, and for images
 /// that are not MNIST's 28x28 (the preparation makes 28x28).
 pub fn redraw(image: &[f32], side: usize, canvas: &Canvas) -> Option<Vec<f32>> {
+    let (ink, big) = canvas_ink(image, side, canvas)?;
+    let pixels = ink.iter().map(|&b| if b { 255 } else { 0 }).collect();
+    prepare_mnist_style(&LumaImage::new(big, big, pixels)).ok()
+}
+
+/// The pen's ink on the enlarged canvas, before the page's preparation, and the canvas's
+/// side: `None` as for [`redraw`].
+fn canvas_ink(image: &[f32], side: usize, canvas: &Canvas) -> Option<(Vec<bool>, usize)> {
     assert_eq!(image.len(), side * side, "an image of side {side}");
     if side != crate::prepare::MNIST_SIDE {
         return None;
@@ -412,11 +420,61 @@ pub fn redraw(image: &[f32], side: usize, canvas: &Canvas) -> Option<Vec<f32>> {
             to_paper.iter().map(|&d| d > 3 * (-r) as u32).collect()
         }
     };
-    if !ink.iter().any(|&b| b) {
-        return None;
+    ink.iter().any(|&b| b).then_some((ink, big))
+}
+
+/// The 8-connected pieces of ink in a `side * side` mask.
+fn pieces(mask: &[bool], side: usize) -> usize {
+    let mut seen = vec![false; mask.len()];
+    let mut count = 0;
+    let mut stack = Vec::new();
+    for start in 0..mask.len() {
+        if !mask[start] || seen[start] {
+            continue;
+        }
+        count += 1;
+        seen[start] = true;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            let (r, c) = (i / side, i % side);
+            for rr in r.saturating_sub(1)..=(r + 1).min(side - 1) {
+                for cc in c.saturating_sub(1)..=(c + 1).min(side - 1) {
+                    let j = rr * side + cc;
+                    if mask[j] && !seen[j] {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
     }
-    let pixels = ink.iter().map(|&b| if b { 255 } else { 0 }).collect();
-    prepare_mnist_style(&LumaImage::new(big, big, pixels)).ok()
+    count
+}
+
+/// Whether `style`'s pen breaks the digit's strokes: leaves its ink in more pieces on the
+/// canvas than the canvas pen does. (A pen that leaves nothing breaks nothing: the drawn set
+/// draws that digit with the canvas pen instead.) A fine pen binarised high and narrowed
+/// drops the faint stretches of a scanned stroke, as no pen on the page does (it lifts
+/// mid-stroke), and some digits come out unreadable; `ood evaluate` reports the drawn digits
+/// with their strokes kept whole apart from those, so that the two causes of a refusal, an
+/// unfamiliar pen and a broken digit, can be told apart.
+pub fn breaks_strokes(image: &[f32], side: usize, style: DrawnStyle) -> bool {
+    let count =
+        |canvas: &Canvas| canvas_ink(image, side, canvas).map(|(ink, big)| pieces(&ink, big));
+    match (count(&style.canvas()), count(&DrawnStyle::Canvas.canvas())) {
+        (Some(drawn), Some(canvas)) => drawn > canvas,
+        _ => false,
+    }
+}
+
+/// For each image of [`drawn_digits`]`(pixels, side)`, whether its pen broke its strokes
+/// ([`breaks_strokes`]).
+pub fn drawn_breaks(pixels: &[f32], side: usize) -> Vec<bool> {
+    pixels
+        .chunks_exact(side * side)
+        .enumerate()
+        .map(|(i, image)| breaks_strokes(image, side, DrawnStyle::of_index(i)))
+        .collect()
 }
 
 /// For each pixel, the chamfer (3-4) distance to the nearest pixel whose value is `target`,
@@ -671,6 +729,40 @@ mod tests {
         let mut v = images.clone();
         restyle_batch(&mut v, 28, &off, &mut rand::rngs::StdRng::seed_from_u64(1));
         assert_eq!(v, images);
+    }
+
+    #[test]
+    fn a_pen_that_drops_a_faint_stretch_breaks_the_stroke() {
+        // A bar 3 pixels wide, faint (0.55) over rows 12-14: the canvas pen (level 0.5) keeps
+        // it whole, the thin pen (level 0.6) drops the faint stretch and leaves two pieces.
+        let mut faint = bar(3);
+        for r in 12..15 {
+            for c in 13..16 {
+                faint[r * 28 + c] = 0.55;
+            }
+        }
+        let count = |image: &[f32], style: DrawnStyle| {
+            let (ink, big) = canvas_ink(image, 28, &style.canvas()).unwrap();
+            pieces(&ink, big)
+        };
+        assert_eq!(count(&faint, DrawnStyle::Canvas), 1);
+        assert_eq!(count(&faint, DrawnStyle::Thin), 2);
+        assert!(breaks_strokes(&faint, 28, DrawnStyle::Thin));
+        assert!(!breaks_strokes(&faint, 28, DrawnStyle::Thick));
+        assert!(!breaks_strokes(&faint, 28, DrawnStyle::Canvas));
+        // A solid bar keeps one piece under every pen.
+        assert!(DrawnStyle::ALL
+            .iter()
+            .all(|&s| !breaks_strokes(&bar(3), 28, s)));
+        // A pen that leaves nothing breaks nothing: the set draws that digit with the canvas pen.
+        assert!(!breaks_strokes(
+            &vec![0.55; 28 * 28][..],
+            28,
+            DrawnStyle::Thin
+        ));
+        // Image i of the set is judged under its own pen.
+        let set: Vec<f32> = [bar(3), faint.clone(), faint].concat();
+        assert_eq!(drawn_breaks(&set, 28), vec![false, true, false]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use ood_calibrate::{
     confusion_matrix, ood_metrics, oscr, threshold_at_id_acceptance, Detector, OodMetrics,
 };
 use ood_data::batch::to_unit_f32;
-use ood_data::pen::{drawn_digits, DrawnStyle};
+use ood_data::pen::{drawn_breaks, drawn_digits, DrawnStyle};
 use ood_data::{ClassSpec, LabeledImages};
 use ood_model::OodNet;
 use ood_train::TrainConfig;
@@ -97,7 +97,8 @@ pub struct Evaluation {
     #[serde(default)]
     pub operating_points: Vec<OperatingPoint>,
     /// The rule on the drawn-digit set (the test digits redrawn as the page sends them, see
-    /// `ood_data::pen`): every pen first, then each pen alone.
+    /// `ood_data::pen`): every pen first, then each pen alone, then every pen split by whether
+    /// it kept the digit's strokes whole ([`WHOLE_STROKES`], [`BROKEN_STROKES`]).
     #[serde(default)]
     pub drawn: Vec<DrawnRow>,
 }
@@ -118,17 +119,24 @@ pub struct DrawnRow {
     pub unknown_caught: f64,
 }
 
+/// The names of the drawn-digit rows that split the set by whether the pen broke a digit's
+/// strokes ([`ood_data::pen::breaks_strokes`]).
+pub const WHOLE_STROKES: &str = "whole strokes";
+pub const BROKEN_STROKES: &str = "broken strokes";
+
 /// The drawn-digit rows: known and unknown test digits redrawn by [`drawn_digits`], image `i`
-/// in pen [`DrawnStyle::of_index`]`(i)`.
+/// in pen [`DrawnStyle::of_index`]`(i)`; every pen, each pen, then every pen split by whether
+/// it broke the digit's strokes (`known_broken`, `unknown_broken`: from [`drawn_breaks`]).
 fn drawn_rows(
     calibration: &Calibration,
     known: &ScoredSet,
     truth: &[usize],
     unknown: &ScoredSet,
+    (known_broken, unknown_broken): (&[bool], &[bool]),
 ) -> Result<Vec<DrawnRow>> {
     let known_flags = calibration.flags(known)?;
     let unknown_flags = calibration.flags(unknown)?;
-    let row = |pen: &str, keep: &dyn Fn(usize) -> bool| {
+    let row = |pen: &str, keep: &dyn Fn(usize) -> bool, keep_unknown: &dyn Fn(usize) -> bool| {
         let (mut n, mut right, mut accepted_right, mut refused) = (0, 0, 0, 0);
         for (i, (&p, &t)) in known.predictions.iter().zip(truth).enumerate() {
             if keep(i) {
@@ -139,7 +147,7 @@ fn drawn_rows(
             }
         }
         let kept: Vec<bool> = (0..unknown_flags.len())
-            .filter(|&i| keep(i))
+            .filter(|&i| keep_unknown(i))
             .map(|i| unknown_flags[i])
             .collect();
         let share = |v: usize| v as f64 / n.max(1) as f64;
@@ -153,9 +161,15 @@ fn drawn_rows(
             unknown_caught: fraction(&kept),
         }
     };
-    let mut rows = vec![row("all", &|_| true)];
+    let mut rows = vec![row("all", &|_| true, &|_| true)];
     for style in DrawnStyle::ALL {
-        rows.push(row(style.name(), &|i| DrawnStyle::of_index(i) == style));
+        let pen = |i| DrawnStyle::of_index(i) == style;
+        rows.push(row(style.name(), &pen, &pen));
+    }
+    for (name, broken) in [(WHOLE_STROKES, false), (BROKEN_STROKES, true)] {
+        rows.push(row(name, &|i| known_broken[i] == broken, &|i| {
+            unknown_broken[i] == broken
+        }));
     }
     Ok(rows)
 }
@@ -311,6 +325,8 @@ pub fn evaluate(
         |d: &LabeledImages, stream: u64| score_pixels(&drawn_digits(&to_unit_f32(d), side), stream);
     let drawn_known = score_drawn(test_known, DRAWN_KNOWN_STREAM)?;
     let drawn_unknown = score_drawn(test_unknown, DRAWN_UNKNOWN_STREAM)?;
+    let breaks = |d: &LabeledImages| drawn_breaks(&to_unit_f32(d), side);
+    let (known_broken, unknown_broken) = (breaks(test_known), breaks(test_unknown));
     let truth: Vec<usize> = test_known
         .labels
         .iter()
@@ -428,7 +444,13 @@ pub fn evaluate(
         confusion_labels: labels,
         confusion,
         operating_points: points,
-        drawn: drawn_rows(calibration, &drawn_known, &truth, &drawn_unknown)?,
+        drawn: drawn_rows(
+            calibration,
+            &drawn_known,
+            &truth,
+            &drawn_unknown,
+            (&known_broken, &unknown_broken),
+        )?,
     };
     let sets = EvaluationSets {
         known,

@@ -438,7 +438,7 @@ pub fn drawn_table(e: &Evaluation) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n## Drawn digits\n\nThe test digits redrawn as the drawing page sends them (enlarged, binarised, the pen widened or narrowed, prepared as `ood serve` prepares a drawing; pens in turn, see `ood_data::pen`).\n\n| pen | known | closed-set accuracy | accepted and correct | refused | unknown | unknown caught |\n|---|---|---|---|---|---|---|"
+        "\n## Drawn digits\n\nThe test digits redrawn as the drawing page sends them (enlarged, binarised, the pen widened or narrowed, prepared as `ood serve` prepares a drawing; pens in turn, see `ood_data::pen`). The last two rows split every pen's digits by whether the pen kept their strokes whole or broke them into more pieces than the canvas pen leaves (the fine pen drops the faint stretches of a scanned stroke).\n\n| pen | known | closed-set accuracy | accepted and correct | refused | unknown | unknown caught |\n|---|---|---|---|---|---|---|"
     );
     for r in &e.drawn {
         let _ = writeln!(
