@@ -6,12 +6,16 @@
 //!    and calibration read; a third of the size);
 //! 2. `ood calibrate` on that stripped file, so the calibration carries its SHA-256 (the same
 //!    weights give the same calibration as the run's own; the hash is what differs);
-//! 3. `provenance.json`: the command, commit, date, seed, preset, training arguments and the
-//!    run's headline metrics;
-//! 4. the three files replace `assets/models/default/` together: they are staged in a sibling
+//! 3. `ood evaluate` of the stripped checkpoint under that calibration: the headline metrics
+//!    are those of the files shipped, under the rule in force (not the run's own report, which
+//!    may have been made under another rule);
+//! 4. `provenance.json`: the command, commit, date, seed, preset, training arguments and the
+//!    headline metrics;
+//! 5. the three files replace `assets/models/default/` together: they are staged in a sibling
 //!    folder, which is renamed into place, so the folder never mixes two releases.
 //!
-//! Calibration needs MNIST (`--data-dir DIR` or `OOD_DATA_DIR`).
+//! Calibration and evaluation need MNIST (`--data-dir DIR` or `OOD_DATA_DIR`; Fashion-MNIST
+//! under the same root joins the headline when present).
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -43,38 +47,33 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
 }
 
-/// The headline numbers of the run's evaluation report and calibration, where present.
-fn headline(run: &Path) -> Value {
-    let mut h = serde_json::Map::new();
-    let report = run.join("report/metrics.json");
-    // Relative to the workspace, so the provenance names no one's home folder.
-    let source = report
-        .strip_prefix(crate::workspace_root())
-        .unwrap_or(&report)
-        .display()
-        .to_string();
-    if let Ok(m) = read_json(&report) {
-        let e = &m["evaluation"];
-        let fashion = e["far"]
-            .as_array()
-            .and_then(|sets| sets.iter().find(|s| s["name"] == "Fashion-MNIST"));
-        h.insert(
-            "evaluation".into(),
-            json!({
-                "source": source,
-                "evaluated_checkpoint_sha256": e["checkpoint_sha256"],
-                "decision": e["decision"],
-                "known_accepted_and_right": e["known_accuracy"],
-                "known_rejected": e["known_rejected"],
-                "unknown_caught": e["unknown_detection"],
-                "unknown_classes": e["unknown_classes"],
-                "fashion_mnist_caught": fashion.map(|f| f["flagged"].clone()),
-                "closed_set_accuracy": e["closed_set_accuracy"],
-                "oscr": e["oscr"],
-            }),
-        );
-    }
-    Value::Object(h)
+/// The headline numbers of an evaluation report (`ood evaluate`'s metrics.json), named by the
+/// command that made it.
+fn headline(report: &Path, command: &str) -> Result<Value> {
+    let m = read_json(report)?;
+    let e = &m["evaluation"];
+    let fashion = e["far"]
+        .as_array()
+        .and_then(|sets| sets.iter().find(|s| s["name"] == "Fashion-MNIST"));
+    let drawn = e["drawn"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["pen"] == "all"));
+    Ok(json!({
+        "evaluation": {
+            "command": command,
+            "evaluated_checkpoint_sha256": e["checkpoint_sha256"],
+            "decision": e["decision"],
+            "known_accepted_and_right": e["known_accuracy"],
+            "known_rejected": e["known_rejected"],
+            "unknown_caught": e["unknown_detection"],
+            "unknown_classes": e["unknown_classes"],
+            "fashion_mnist_caught": fashion.map(|f| f["flagged"].clone()),
+            "drawn_refused": drawn.map(|d| d["refused"].clone()),
+            "drawn_accepted_and_right": drawn.map(|d| d["accepted_right"].clone()),
+            "closed_set_accuracy": e["closed_set_accuracy"],
+            "oscr": e["oscr"],
+        }
+    }))
 }
 
 fn git(args: &[&str]) -> String {
@@ -205,6 +204,22 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         }
     }
 
+    // The headline is measured on the files shipped, under the rule in force.
+    let report = work.join("report");
+    println!("evaluating the stripped checkpoint under that calibration (a minute or two)");
+    ood_output(&[
+        "evaluate",
+        &s(&stripped),
+        "--calibration",
+        &s(&calibration),
+        "--out",
+        &s(&report),
+    ])?;
+    let headline = headline(
+        &report.join("metrics.json"),
+        &format!("cargo run --release -p ood-cli -- evaluate {shipped_checkpoint} --out DIR"),
+    )?;
+
     let meta: Value = serde_json::from_str(&ood_output(&["inspect", "--json", &s(&stripped)])?)?;
     let source_inspect = ood_output(&["inspect", &s(&source)])?;
     let source_sha = source_inspect
@@ -240,7 +255,7 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         "acceptance_rule": said("acceptance rule:"),
         "report_rule": said("report's rule:"),
         "recalibration_matches_run": same_as_run,
-        "headline": headline(&run_dir),
+        "headline": headline,
     });
 
     std::fs::copy(&stripped, staging.join("checkpoint.safetensors"))?;

@@ -313,6 +313,14 @@ fn the_shipped_model_loads_and_refuses_a_calibration_made_for_another_checkpoint
     let p: serde_json::Value = serde_json::from_str(ood_serve::shipped::PROVENANCE).unwrap();
     assert_eq!(p["checkpoint_sha256"], model.checkpoint_sha256());
     assert!(p["seed"].is_u64() && p["preset"].is_string() && p["git_commit"].is_string());
+    // Its headline numbers were measured on these weights under this calibration's rule.
+    let headline = &p["headline"]["evaluation"];
+    assert_eq!(
+        headline["evaluated_checkpoint_sha256"],
+        model.checkpoint_sha256()
+    );
+    assert_eq!(headline["decision"].as_str(), Some(model.rule().as_str()));
+    assert!(headline["known_accepted_and_right"].is_f64() && headline["drawn_refused"].is_f64());
     // A calibration with another hash is refused, naming the file.
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("other.json");
