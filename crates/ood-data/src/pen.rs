@@ -386,9 +386,13 @@ pub struct Canvas {
 /// scaled into 20x20, centred by mass, quantised). `None` when no ink is left, and for images
 /// that are not MNIST's 28x28 (the preparation makes 28x28).
 pub fn redraw(image: &[f32], side: usize, canvas: &Canvas) -> Option<Vec<f32>> {
-    let (ink, big) = canvas_ink(image, side, canvas)?;
+    prepared(&canvas_ink(image, side, canvas)?)
+}
+
+/// The pen's ink on the canvas ([`canvas_ink`]) prepared as `ood serve` prepares a drawing.
+fn prepared((ink, big): &(Vec<bool>, usize)) -> Option<Vec<f32>> {
     let pixels = ink.iter().map(|&b| if b { 255 } else { 0 }).collect();
-    prepare_mnist_style(&LumaImage::new(big, big, pixels)).ok()
+    prepare_mnist_style(&LumaImage::new(*big, *big, pixels)).ok()
 }
 
 /// The pen's ink on the enlarged canvas, before the page's preparation, and the canvas's
@@ -459,22 +463,17 @@ fn pieces(mask: &[bool], side: usize) -> usize {
 /// with their strokes kept whole apart from those, so that the two causes of a refusal, an
 /// unfamiliar pen and a broken digit, can be told apart.
 pub fn breaks_strokes(image: &[f32], side: usize, style: DrawnStyle) -> bool {
-    let count =
-        |canvas: &Canvas| canvas_ink(image, side, canvas).map(|(ink, big)| pieces(&ink, big));
-    match (count(&style.canvas()), count(&DrawnStyle::Canvas.canvas())) {
-        (Some(drawn), Some(canvas)) => drawn > canvas,
-        _ => false,
-    }
+    let ink = |s: DrawnStyle| canvas_ink(image, side, &s.canvas());
+    broken(&ink(style), &ink(DrawnStyle::Canvas))
 }
 
-/// For each image of [`drawn_digits`]`(pixels, side)`, whether its pen broke its strokes
-/// ([`breaks_strokes`]).
-pub fn drawn_breaks(pixels: &[f32], side: usize) -> Vec<bool> {
-    pixels
-        .chunks_exact(side * side)
-        .enumerate()
-        .map(|(i, image)| breaks_strokes(image, side, DrawnStyle::of_index(i)))
-        .collect()
+/// Whether a pen's ink (`styled`) lies in more pieces than the canvas pen's (`plain`) on the
+/// same canvas ([`breaks_strokes`]).
+fn broken(styled: &Option<(Vec<bool>, usize)>, plain: &Option<(Vec<bool>, usize)>) -> bool {
+    match (styled, plain) {
+        (Some((drawn, big)), Some((canvas, _))) => pieces(drawn, *big) > pieces(canvas, *big),
+        _ => false,
+    }
 }
 
 /// For each pixel, the chamfer (3-4) distance to the nearest pixel whose value is `target`,
@@ -577,14 +576,44 @@ impl DrawnStyle {
 /// [`DrawnStyle::of_index`]`(i)`. An image left with no ink by its pen (a faint digit under
 /// the thin pen) is redrawn with the canvas pen instead, so the set keeps every digit.
 pub fn drawn_digits(pixels: &[f32], side: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(pixels.len());
+    drawn_set(pixels, side).images
+}
+
+/// The drawn-digit set ([`drawn_digits`]) with, for each image, whether its pen broke its
+/// strokes ([`breaks_strokes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrawnSet {
+    /// The redrawn images, `side * side` each, in the order of the digits they were made from.
+    pub images: Vec<f32>,
+    /// For each image, whether its pen left the ink in more pieces than the canvas pen does.
+    pub broken: Vec<bool>,
+}
+
+/// [`drawn_digits`] and [`breaks_strokes`] at once: each canvas is inked once for both.
+pub fn drawn_set(pixels: &[f32], side: usize) -> DrawnSet {
+    let mut set = DrawnSet {
+        images: Vec::with_capacity(pixels.len()),
+        broken: Vec::with_capacity(pixels.len() / (side * side)),
+    };
     for (i, image) in pixels.chunks_exact(side * side).enumerate() {
-        let drawn = redraw(image, side, &DrawnStyle::of_index(i).canvas())
-            .or_else(|| redraw(image, side, &DrawnStyle::Canvas.canvas()))
-            .unwrap_or_else(|| image.to_vec());
-        out.extend(drawn);
+        let style = DrawnStyle::of_index(i);
+        let plain = canvas_ink(image, side, &DrawnStyle::Canvas.canvas());
+        let styled = match style {
+            DrawnStyle::Canvas => None,
+            _ => canvas_ink(image, side, &style.canvas()),
+        };
+        let drawn = match style {
+            DrawnStyle::Canvas => plain.as_ref().and_then(prepared),
+            _ => styled
+                .as_ref()
+                .and_then(prepared)
+                .or_else(|| plain.as_ref().and_then(prepared)),
+        };
+        set.images.extend(drawn.unwrap_or_else(|| image.to_vec()));
+        set.broken
+            .push(style != DrawnStyle::Canvas && broken(&styled, &plain));
     }
-    out
+    set
 }
 
 #[cfg(test)]
@@ -762,7 +791,7 @@ mod tests {
         ));
         // Image i of the set is judged under its own pen.
         let set: Vec<f32> = [bar(3), faint.clone(), faint].concat();
-        assert_eq!(drawn_breaks(&set, 28), vec![false, true, false]);
+        assert_eq!(drawn_set(&set, 28).broken, vec![false, true, false]);
     }
 
     #[test]
@@ -783,6 +812,42 @@ mod tests {
             .parse::<PenEffect>()
             .unwrap_err()
             .contains("elastic, canvas"));
+    }
+
+    #[test]
+    fn drawn_set_agrees_with_each_pen_and_the_stroke_split() {
+        // Every case the set meets: whole and broken strokes, a pen that leaves nothing (the
+        // canvas pen draws it instead), and an image no pen inks (kept as it is).
+        let mut faint = bar(3);
+        for v in &mut faint[12 * 28..15 * 28] {
+            if *v > 0.0 {
+                *v = 0.55;
+            }
+        }
+        let images = [
+            bar(3),
+            faint.clone(),
+            faint.clone(),
+            faint,
+            vec![0.55; 28 * 28],
+            vec![0.0; 28 * 28],
+        ];
+        let set = drawn_set(&images.concat(), 28);
+        assert_eq!(set.images.len(), images.len() * 28 * 28);
+        for (i, (image, drawn)) in images
+            .iter()
+            .zip(set.images.chunks_exact(28 * 28))
+            .enumerate()
+        {
+            let style = DrawnStyle::of_index(i);
+            let expected = redraw(image, 28, &style.canvas())
+                .or_else(|| redraw(image, 28, &DrawnStyle::Canvas.canvas()))
+                .unwrap_or_else(|| image.clone());
+            assert_eq!(drawn, &expected[..], "image {i}");
+            assert_eq!(set.broken[i], breaks_strokes(image, 28, style), "image {i}");
+        }
+        assert_eq!(set.broken, vec![false, true, false, false, false, false]);
+        assert_eq!(&set.images[5 * 784..], &images[5][..]);
     }
 
     #[test]

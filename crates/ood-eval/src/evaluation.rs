@@ -9,7 +9,7 @@ use ood_calibrate::{
     confusion_matrix, ood_metrics, oscr, threshold_at_id_acceptance, Detector, OodMetrics,
 };
 use ood_data::batch::to_unit_f32;
-use ood_data::pen::{drawn_breaks, drawn_digits, DrawnStyle};
+use ood_data::pen::{drawn_set, DrawnStyle};
 use ood_data::{ClassSpec, LabeledImages};
 use ood_model::OodNet;
 use ood_train::TrainConfig;
@@ -124,9 +124,9 @@ pub struct DrawnRow {
 pub const WHOLE_STROKES: &str = "whole strokes";
 pub const BROKEN_STROKES: &str = "broken strokes";
 
-/// The drawn-digit rows: known and unknown test digits redrawn by [`drawn_digits`], image `i`
+/// The drawn-digit rows: known and unknown test digits redrawn by [`drawn_set`], image `i`
 /// in pen [`DrawnStyle::of_index`]`(i)`; every pen, each pen, then every pen split by whether
-/// it broke the digit's strokes (`known_broken`, `unknown_broken`: from [`drawn_breaks`]).
+/// it broke the digit's strokes (`known_broken`, `unknown_broken`: its `broken`).
 fn drawn_rows(
     calibration: &Calibration,
     known: &ScoredSet,
@@ -324,14 +324,13 @@ pub fn evaluate(
     let known = score_pixels(&known_pixels, KNOWN_STREAM)?;
     let unknown = score_pixels(&unknown_pixels, UNKNOWN_STREAM)?;
     let side = nets[0].config.image_size;
-    let score_drawn =
-        |pixels: &[f32], stream: u64| score_pixels(&drawn_digits(pixels, side), stream);
-    let drawn_known = score_drawn(&known_pixels, DRAWN_KNOWN_STREAM)?;
-    let drawn_unknown = score_drawn(&unknown_pixels, DRAWN_UNKNOWN_STREAM)?;
-    let (known_broken, unknown_broken) = (
-        drawn_breaks(&known_pixels, side),
-        drawn_breaks(&unknown_pixels, side),
+    let (drawn_known_set, drawn_unknown_set) = (
+        drawn_set(&known_pixels, side),
+        drawn_set(&unknown_pixels, side),
     );
+    let drawn_known = score_pixels(&drawn_known_set.images, DRAWN_KNOWN_STREAM)?;
+    let drawn_unknown = score_pixels(&drawn_unknown_set.images, DRAWN_UNKNOWN_STREAM)?;
+    let (known_broken, unknown_broken) = (drawn_known_set.broken, drawn_unknown_set.broken);
     let truth: Vec<usize> = test_known
         .labels
         .iter()
