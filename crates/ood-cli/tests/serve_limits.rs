@@ -1,6 +1,7 @@
 //! `ood serve` under a low file-descriptor limit (set with the shell's `ulimit`, as a service
 //! manager would), against more idle connections than the limit allows: `/healthz` still
-//! answers (long before the idle connections would time out), whether the server meets its connection cap or runs out of descriptors.
+//! answers, long before the idle connections would time out, whether the server meets its
+//! connection cap or runs out of descriptors.
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Read, Write};
