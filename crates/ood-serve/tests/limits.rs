@@ -403,7 +403,9 @@ async fn at_the_cap_an_idle_kept_alive_connection_makes_room_and_the_others_go_o
     let mut third = TcpStream::connect(server.addr).await.unwrap();
     let health = exchange(&mut third, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    assert!(started.elapsed() < secs(1.0), "{:?}", started.elapsed());
+    // Without room made it would wait for the idle timeout (60 s); the bound leaves a busy
+    // machine its slack (not a speed test).
+    assert!(started.elapsed() < secs(10.0), "{:?}", started.elapsed());
     let (_, closed) = until_closed(&mut first, secs(2.0)).await;
     assert!(closed.is_some(), "the idlest connection was not closed");
     // The connection kept goes on answering predictions.
