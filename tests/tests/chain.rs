@@ -294,6 +294,8 @@ fn train_calibrate_evaluate_writes_every_file() {
         "--fit-pens",
         "--features",
         "last",
+        "--knn-bank",
+        "60",
         "--out",
         fpens.to_str().unwrap(),
     ]);
@@ -303,6 +305,22 @@ fn train_calibrate_evaluate_writes_every_file() {
     assert_eq!(rule.features, ood_eval::FeatureDepth::Last);
     assert_eq!(rule.n_restyled, 300);
     assert!(fpens_cal.config.fit_pens);
+    // `--knn-bank` keeps that many rows in the KNN member (the default, 10,000, would keep
+    // every one of the fitted images here).
+    let bank = |cal: &ood_eval::Calibration| {
+        let rule = cal.accept_rule.as_ref().unwrap();
+        rule.score
+            .members()
+            .iter()
+            .find_map(|m| match m {
+                ood_calibrate::pvalue::Member::Knn(knn) => Some(knn.bank_len()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(fpens_cal.config.knn_bank, 60);
+    assert_eq!(bank(&fpens_cal), 60);
+    assert_eq!(bank(&led_cal), led_cal.accept_rule.as_ref().unwrap().n_fit);
     // The restyled copy of each training image is fitted beside it.
     assert_eq!(rule.n_fit, 2 * led_cal.accept_rule.as_ref().unwrap().n_fit);
     let said = fpens_cal.describe();
@@ -402,6 +420,20 @@ fn too_few_training_images_for_knn_is_a_clear_error_with_a_way_out() {
         "{msg}"
     );
     assert!(!run_dir.join("calibration.json").exists());
+    // A bank smaller than the neighbours read is refused, naming the flag.
+    let err = ood(&[
+        "calibrate",
+        ckpt,
+        "--data-dir",
+        root.as_str(),
+        "--score",
+        "energy-led",
+        "--knn-bank",
+        "10",
+    ])
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("--knn-bank"), "{msg}");
     // The way out it names works.
     run(&[
         "calibrate",

@@ -99,12 +99,18 @@ impl AcceptScore {
 
     /// The score, unfitted.
     pub fn combination(self) -> PValueCombination {
+        self.combination_with_bank(KNN_BANK)
+    }
+
+    /// [`AcceptScore::combination`] with a KNN member that keeps `knn_bank` training rows
+    /// (`ood calibrate --knn-bank`; scores without a KNN member ignore it).
+    pub fn combination_with_bank(self, knn_bank: usize) -> PValueCombination {
         match self {
             AcceptScore::EnergyMahalanobisKnn => {
-                PValueCombination::energy_mahalanobis_knn(KNN_K, KNN_BANK)
+                PValueCombination::energy_mahalanobis_knn(KNN_K, knn_bank)
             }
             AcceptScore::EnergyMahalanobis => PValueCombination::energy_mahalanobis(),
-            AcceptScore::EnergyLed => PValueCombination::energy_mahalanobis_knn(KNN_K, KNN_BANK)
+            AcceptScore::EnergyLed => PValueCombination::energy_mahalanobis_knn(KNN_K, knn_bank)
                 .with_budget(&ENERGY_LED_SHARES)
                 .expect("three shares for three members"),
         }
@@ -165,6 +171,10 @@ pub struct CalibrationConfig {
     /// other pens too (false in calibrations made before the option).
     #[serde(default)]
     pub fit_pens: bool,
+    /// Training rows the KNN member keeps ([`KNN_BANK`] in calibrations made before the
+    /// option): its neighbour search is a quarter of the served model's time at 10,000.
+    #[serde(default = "default_knn_bank")]
+    pub knn_bank: usize,
 }
 
 /// Which references of the acceptance rule hold the held-out digits restyled by another pen
@@ -267,6 +277,10 @@ fn default_fit_limit() -> usize {
     20_000
 }
 
+fn default_knn_bank() -> usize {
+    KNN_BANK
+}
+
 impl Default for CalibrationConfig {
     fn default() -> Self {
         Self {
@@ -281,6 +295,7 @@ impl Default for CalibrationConfig {
             reference_pens: ReferencePens::Off,
             features: crate::scoring::default_feature_depth(),
             fit_pens: false,
+            knn_bank: default_knn_bank(),
         }
     }
 }
@@ -352,6 +367,7 @@ impl AcceptRule {
     #[allow(clippy::too_many_arguments)]
     pub fn fit(
         score: AcceptScore,
+        knn_bank: usize,
         features: FeatureDepth,
         fit: &ScoredSet,
         fit_labels: &[usize],
@@ -365,6 +381,13 @@ impl AcceptRule {
             score,
             AcceptScore::EnergyMahalanobisKnn | AcceptScore::EnergyLed
         );
+        if has_knn && knn_bank < KNN_K {
+            return Err(EvalError::Calibration(format!(
+                "a KNN bank of {knn_bank} rows cannot hold the {KNN_K} neighbours the score {} \
+                 reads: keep at least {KNN_K} (--knn-bank)",
+                score.name()
+            )));
+        }
         if has_knn && fit.len() < KNN_K {
             return Err(EvalError::Calibration(format!(
                 "the score {} needs at least {KNN_K} training images for its KNN member, and the \
@@ -381,7 +404,7 @@ impl AcceptRule {
                 pens.name()
             )));
         }
-        let mut score = score.combination();
+        let mut score = score.combination_with_bank(knn_bank);
         score.fit(&fit.samples(features)?, fit_labels)?;
         // The threshold's references: the held-out digits, with their restyled copies
         // (a copy of the set, made only then) when every member is referenced to them.
@@ -744,6 +767,7 @@ pub fn calibrate(
     };
     let accept_rule = AcceptRule::fit(
         config.score,
+        config.knn_bank,
         config.features,
         &fit_set,
         &fit_labels,
@@ -874,6 +898,19 @@ mod tests {
             AcceptScore::default().combination().name(),
             format!("MinP[Energy(T=1)+Mahalanobis+KNN(k={KNN_K})]")
         );
+    }
+
+    #[test]
+    fn a_configuration_that_names_no_knn_bank_kept_the_default_bank() {
+        let mut config = serde_json::to_value(CalibrationConfig {
+            knn_bank: 2_500,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config["knn_bank"], 2_500);
+        config.as_object_mut().unwrap().remove("knn_bank");
+        let old: CalibrationConfig = serde_json::from_value(config).unwrap();
+        assert_eq!(old.knn_bank, KNN_BANK);
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub struct CalibrateArgs {
     /// redrawn as the page draws, so that their idea of a digit holds other pens.
     #[arg(long)]
     pub fit_pens: bool,
+    /// Training rows the KNN member keeps (evenly spaced through the images it is fitted on): its
+    /// neighbour search is a quarter of the served model's time at 10,000, and a smaller bank
+    /// is a noisier neighbourhood.
+    #[arg(long, value_name = "N", default_value_t = ood_eval::KNN_BANK)]
+    pub knn_bank: usize,
     /// The features the score's feature members (Mahalanobis, KNN) read: `all-stages` (every
     /// stage's pooled features side by side) or `last` (the last stage's, which the
     /// classifier reads).
@@ -124,6 +129,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         reference_pens: args.reference_pens,
         features: args.features,
         fit_pens: args.fit_pens,
+        knn_bank: args.knn_bank,
         ..Default::default()
     };
     let (calibration, set) = ood_eval::calibrate(
