@@ -113,8 +113,8 @@ pub const SHIPPED_SEED: u64 = 1;
 /// The `ood calibrate` flags of the shipped rule, used when none are given: energy keeps 60%
 /// of the budget, and the feature members are fitted and referenced on digits in other pens
 /// too (docs/results.md, "Feature members that know other pens"); the KNN member keeps 5,000
-/// rows, which serves more predictions a second and moved no set (docs/results.md, "A smaller
-/// KNN bank").
+/// rows, which serves more predictions a second and moved no set by more than a few digits
+/// (docs/results.md, "A smaller KNN bank").
 pub const SHIPPED_RULE: [&str; 7] = [
     "--score",
     "energy-led",
