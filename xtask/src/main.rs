@@ -65,7 +65,7 @@ enum Task {
     /// ARGS go to every `ood train` (e.g. --seed 1 --augment); resumable.
     Ablate(studies::AblateArgs),
     /// Ten models, each with one digit unknown, into runs/sweep (resumable)
-    Sweep(studies::StudyArgs),
+    Sweep(studies::SweepArgs),
     /// The MNIST open-set benchmark: 6 known / 4 unknown digits, 5 splits (resumable)
     ///
     /// One model per split (`--recipe R`, default quality) into runs/osr-R/splitN; per split

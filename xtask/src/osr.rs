@@ -6,8 +6,7 @@
 //! studies: finished stages are read back from their files.
 
 use crate::studies::{
-    default_score_auroc, finish_study, num, pct, rule_folder, run_model, run_rule, wall_time_line,
-    StudyArgs,
+    default_score_auroc, finish_study, num, pct, run_model, wall_time_line, SecondRule, StudyArgs,
 };
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
@@ -56,11 +55,8 @@ pub struct OsrArgs {
         default_value = "0,1,2,3,4"
     )]
     splits: Vec<usize>,
-    /// Tabulate another rule: every split's model calibrated again with these `ood calibrate`
-    /// flags (one string, e.g. "--score energy-led"), into `splitN/rule-<flags>/` beside its
-    /// default calibration, the table into `osr-rule-<flags>.md`. The models are reused.
-    #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
-    calibrate: Option<String>,
+    #[command(flatten)]
+    rule: SecondRule,
     #[command(flatten)]
     study: StudyArgs,
 }
@@ -177,10 +173,6 @@ pub fn run(args: &OsrArgs) -> Result<()> {
         .study
         .study(&format!("runs/osr-{}", args.recipe.replace('/', "-")));
     let started = Instant::now();
-    let rule_flags: Option<Vec<String>> = args
-        .calibrate
-        .as_ref()
-        .map(|f| f.split_whitespace().map(String::from).collect());
     let mut own: Vec<String> = vec![
         "--recipe".into(),
         args.recipe.clone(),
@@ -191,9 +183,7 @@ pub fn run(args: &OsrArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(","),
     ];
-    if let Some(f) = &args.calibrate {
-        own.extend(["--calibrate".into(), format!("\"{f}\"")]);
-    }
+    own.extend(args.rule.command_words());
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -222,10 +212,8 @@ pub fn run(args: &OsrArgs) -> Result<()> {
             "--unknown".into(),
             digits(&unknown),
         ];
-        let mut m = run_model(&dir, &flags, &study, false)?;
-        if let Some(rule) = &rule_flags {
-            m = run_rule(&dir, rule, &study)?;
-        }
+        let m = run_model(&dir, &flags, &study, false)?;
+        let m = args.rule.metrics(&dir, m, &study)?;
         let e = &m["evaluation"];
         let row = SplitRow::from_evaluation(e);
         let cells: Vec<String> = row
@@ -260,11 +248,7 @@ pub fn run(args: &OsrArgs) -> Result<()> {
         let _ = writeln!(md, "| {method} | {source} | {auroc:.3} |");
     }
     let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
-    let stem = match &rule_flags {
-        Some(f) => format!("osr-{}", rule_folder(f)),
-        None => "osr".into(),
-    };
-    finish_study(&study.root, &stem, &md, &rows)
+    finish_study(&study.root, &args.rule.stem("osr"), &md, &rows)
 }
 
 #[cfg(test)]
@@ -311,19 +295,6 @@ mod tests {
                 Some(0.98),
                 Some(0.75)
             ]
-        );
-    }
-
-    #[test]
-    fn a_second_rule_gets_a_folder_named_by_its_flags() {
-        let flags = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        assert_eq!(
-            rule_folder(&flags("--score energy-led")),
-            "rule-score-energy-led"
-        );
-        assert_eq!(
-            rule_folder(&flags("--score energy+mahalanobis --accept 0.95")),
-            "rule-score-energy-mahalanobis-accept-0.95"
         );
     }
 

@@ -27,6 +27,61 @@ pub struct StudyArgs {
     train_args: PassOn,
 }
 
+/// A second rule for a study's models (`--calibrate "FLAGS"`): every model calibrated again
+/// with these `ood calibrate` flags, into [`rule_folder`] beside its default calibration, and
+/// tabulated into `<study>-rule-<flags>.md`. The models are reused.
+#[derive(clap::Args, Debug, Default)]
+pub struct SecondRule {
+    /// Tabulate another rule: every model calibrated again with these `ood calibrate` flags
+    /// (one string, e.g. "--score energy-led"), into `rule-<flags>/` beside its default
+    /// calibration, the table into `<study>-rule-<flags>.md`. The models are reused.
+    #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
+    calibrate: Option<String>,
+}
+
+impl SecondRule {
+    /// The flags' words, when a second rule is asked for.
+    pub(crate) fn flags(&self) -> Option<Vec<String>> {
+        self.calibrate
+            .as_ref()
+            .map(|f| f.split_whitespace().map(String::from).collect())
+    }
+
+    /// The option as the study's table quotes it in its command line.
+    pub(crate) fn command_words(&self) -> Vec<String> {
+        self.calibrate
+            .iter()
+            .flat_map(|f| ["--calibrate".to_string(), format!("\"{f}\"")])
+            .collect()
+    }
+
+    /// The table's file stem: `study`, or `study-rule-<flags>` for a second rule.
+    pub(crate) fn stem(&self, study: &str) -> String {
+        match self.flags() {
+            Some(f) => format!("{study}-{}", rule_folder(&f)),
+            None => study.to_string(),
+        }
+    }
+
+    /// The model in `dir` under this rule: its metrics.json, calibrated again with the flags
+    /// ([`run_rule`]) when a second rule is asked for, else `default` (the model's own).
+    pub(crate) fn metrics(&self, dir: &Path, default: Value, study: &Study) -> Result<Value> {
+        match self.flags() {
+            Some(f) => run_rule(dir, &f, study),
+            None => Ok(default),
+        }
+    }
+}
+
+/// `cargo xtask sweep`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    rule: SecondRule,
+    #[command(flatten)]
+    study: StudyArgs,
+}
+
 /// `cargo xtask ablate`'s arguments.
 #[derive(clap::Args, Debug)]
 pub struct AblateArgs {
@@ -516,14 +571,14 @@ pub fn ablate(args: &AblateArgs) -> Result<()> {
 }
 
 /// Ten models, each trained with one digit unknown; AUROC per held-out digit.
-pub fn sweep(args: &StudyArgs) -> Result<()> {
-    let study = args.study("runs/sweep");
+pub fn sweep(args: &SweepArgs) -> Result<()> {
+    let study = args.study.study("runs/sweep");
     let started = Instant::now();
     let mut md = String::new();
     let _ = writeln!(
         md,
         "Command: `cargo xtask sweep {}`\n",
-        args.command_line(&[])
+        args.study.command_line(&args.rule.command_words())
     );
     let _ = writeln!(md, "| unknown digit | closed-set accuracy | AUROC MSP | AUROC Energy | AUROC Fused | AUROC default score | best detector | its AUROC | unknown flagged (rule) | known accepted and correct (rule) |\n|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
@@ -544,6 +599,8 @@ pub fn sweep(args: &StudyArgs) -> Result<()> {
             digit.to_string(),
         ];
         let m = run_model(&dir, &flags, &study, true)?;
+        // The benchmark's columns do not depend on the calibration; the rule's columns do.
+        let m = args.rule.metrics(&dir, m, &study)?;
         let b = read_json(&dir.join("bench/bench-ood.json"))?;
         let near = b["ood_sets"][0][0].as_str().unwrap_or_default().to_string();
         let near_rows: Vec<&Value> = b["rows"]
@@ -632,7 +689,7 @@ pub fn sweep(args: &StudyArgs) -> Result<()> {
         pct(&mean[7])
     );
     let _ = writeln!(md, "{}", wall_time_line(&dirs, started));
-    finish_study(&study.root, "sweep", &md, &rows)
+    finish_study(&study.root, &args.rule.stem("sweep"), &md, &rows)
 }
 
 /// The default settings trained with several seeds (`--seeds 0,1,2`): the headline numbers of
@@ -728,7 +785,7 @@ pub fn seeds(args: &SeedsArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::override_flags;
+    use super::{override_flags, rule_folder};
     use crate::{args as strings, parse, Task};
     use std::path::PathBuf;
 
@@ -765,9 +822,35 @@ mod tests {
         let Ok(Task::Sweep(s)) = parse(&["sweep"]) else {
             panic!("not sweep");
         };
-        let study = s.study("runs/sweep");
+        let study = s.study.study("runs/sweep");
         assert_eq!(study.root, PathBuf::from("runs/sweep"));
         assert!(study.train_flags.is_empty() && study.data_flags.is_empty());
+        assert_eq!(s.rule.flags(), None);
+        assert_eq!(s.rule.stem("sweep"), "sweep");
+        assert!(s.rule.command_words().is_empty());
+        // A second rule: its flags go to `ood calibrate`, not to `ood train`, wherever given.
+        let Ok(Task::Sweep(s)) = parse(&[
+            "sweep",
+            "--seed",
+            "1",
+            "--calibrate",
+            "--score energy-led --knn-bank 5000",
+        ]) else {
+            panic!("not sweep");
+        };
+        assert_eq!(
+            s.rule.flags(),
+            Some(strings(&["--score", "energy-led", "--knn-bank", "5000"]))
+        );
+        assert_eq!(s.study.train_args.args, strings(&["--seed", "1"]));
+        assert_eq!(
+            s.rule.stem("sweep"),
+            "sweep-rule-score-energy-led-knn-bank-5000"
+        );
+        assert_eq!(
+            s.study.command_line(&s.rule.command_words()),
+            "--calibrate \"--score energy-led --knn-bank 5000\" --seed 1"
+        );
 
         let Ok(Task::Seeds(s)) = parse(&["seeds", "--ema", "0.999"]) else {
             panic!("not seeds");
@@ -778,6 +861,23 @@ mod tests {
             panic!("not seeds");
         };
         assert_eq!(s.seeds, [4, 5]);
+    }
+
+    #[test]
+    fn a_second_rule_gets_a_folder_named_by_its_flags() {
+        assert_eq!(
+            rule_folder(&strings(&["--score", "energy-led"])),
+            "rule-score-energy-led"
+        );
+        assert_eq!(
+            rule_folder(&strings(&[
+                "--score",
+                "energy+mahalanobis",
+                "--accept",
+                "0.95"
+            ])),
+            "rule-score-energy-mahalanobis-accept-0.95"
+        );
     }
 
     #[test]
