@@ -123,10 +123,11 @@ fn resumed_run_equals_uninterrupted_run() {
     assert!(err.to_string().contains("other arguments"), "{err}");
 }
 
-/// The weight average's live weights, the pens' draws and outlier exposure's negatives are
-/// part of the state a resumed run must reproduce.
+/// The weight average's live weights, the pens' draws, the pen pairs' redraws and outlier
+/// exposure's negatives are part of the state a resumed run must reproduce. The pairs and the
+/// negatives share the trunk pass: each term must read its own rows.
 #[test]
-fn resumed_run_with_weight_average_pens_and_outlier_exposure_equals_uninterrupted_run() {
+fn resumed_run_with_weight_average_pens_pairs_and_outlier_exposure_equals_uninterrupted_run() {
     let Some((mut config, splits)) = setup(256, 2) else {
         return;
     };
@@ -136,6 +137,7 @@ fn resumed_run_with_weight_average_pens_and_outlier_exposure_equals_uninterrupte
         negatives: 8,
         ..Default::default()
     });
+    config.pen_pairs = Some(0.1);
     let resumed = assert_resumed_run_equals_uninterrupted_run(&config, &splits);
     let names: Vec<String> = tensors(&resumed.path().join(CHECKPOINT_FILE))
         .into_iter()
@@ -146,7 +148,9 @@ fn resumed_run_with_weight_average_pens_and_outlier_exposure_equals_uninterrupte
         .any(|n| n == "optimizer.live.classifier.weight"));
     let history = ood_train::train::read_history(&resumed.path().join(METRICS_FILE)).unwrap();
     assert!(
-        history.iter().all(|m| m.outlier_exposure > 0.0),
+        history
+            .iter()
+            .all(|m| m.outlier_exposure > 0.0 && m.pen_pairing > 0.0),
         "{history:?}"
     );
 }

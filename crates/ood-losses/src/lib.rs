@@ -14,6 +14,8 @@
 //! * [`energy_margin`]: the outlier-exposure term, for training's optional negatives.
 //! * [`distillation`]: the KL divergence from a teacher's softened softmax, for a student
 //!   that learns from an ensemble.
+//! * [`logit_pairing`]: the squared gap between a restyled copy's logits and the original's,
+//!   for training that pulls other pens onto MNIST's.
 //!
 //! This crate knows nothing of models, data or optimisers; it takes logits, class indices and
 //! images as tensors and returns scalar tensors to differentiate.
@@ -202,6 +204,22 @@ pub fn distillation(
     let student_log_p = log_softmax(&(student_logits / temperature)?)?;
     let kl = (teacher_log_p.exp()? * (teacher_log_p - student_log_p)?)?.sum_all()?;
     kl * (temperature * temperature / n as f64)
+}
+
+/// Logit pairing: `mean((copy - original.detach())^2)` over `(N, C)` logits of `N` images and
+/// a copy of each drawn another way (Kannan et al.'s "clean logit pairing", 2018, with one side
+/// held fixed). Unlike a KL divergence between softmaxes, it pins the logits' level too, and
+/// with it the energy that the rule reads. The original is detached so that the copy moves
+/// towards it, not both towards each other.
+pub fn logit_pairing(copy_logits: &Tensor, original_logits: &Tensor) -> Result<Tensor> {
+    if copy_logits.dims() != original_logits.dims() {
+        candle_core::bail!(
+            "logit pairing of {:?} against {:?}: the shapes differ",
+            copy_logits.dims(),
+            original_logits.dims()
+        );
+    }
+    (copy_logits - original_logits.detach())?.sqr()?.mean_all()
 }
 
 /// Eq. 2: mean squared error over all pixels.

@@ -184,3 +184,22 @@ fn distillation_by_hand_and_its_gradient() {
     assert!(grads.get(&t).is_none());
     assert!(distillation(&student, &teacher, 0.0).is_err());
 }
+
+#[test]
+fn logit_pairing_by_hand_and_its_gradient() {
+    let copy = t2(&[[1.0, 0.0, -1.0], [2.0, 2.0, 2.0]]);
+    let original = t2(&[[3.0, 0.0, -1.0], [2.0, 2.0, 5.0]]);
+    // Gaps: 2 in row 0, 3 in row 1; the mean of squares is over all six logits.
+    let got = scalar(&logit_pairing(&copy, &original).unwrap());
+    assert!((got - (4.0 + 9.0) / 6.0).abs() < 1e-12, "{got}");
+    assert!(scalar(&logit_pairing(&original, &original).unwrap()).abs() < 1e-12);
+    check_gradient(|z| logit_pairing(z, &original).unwrap(), &copy);
+    // The original is detached: only the copy is pulled.
+    let o = Var::from_tensor(&original).unwrap();
+    let grads = logit_pairing(&copy, o.as_tensor())
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&o).is_none());
+    assert!(logit_pairing(&copy, &t2(&[[0.0, 0.0, 0.0]])).is_err());
+}

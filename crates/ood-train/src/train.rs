@@ -14,7 +14,9 @@ use ood_data::negatives::scribbles;
 use ood_data::noise::{corrupt_batch, NoiseConfig};
 use ood_data::pen::{restyle_batch, PenConfig};
 use ood_data::{ClassSpec, Splits};
-use ood_losses::{distillation, energy_margin, objective, EnergyMargins, LossWeights};
+use ood_losses::{
+    distillation, energy_margin, logit_pairing, objective, EnergyMargins, LossWeights,
+};
 use ood_model::checkpoint::{save_checkpoint, Checkpoint, CheckpointMeta, FORMAT_VERSION};
 use ood_model::{ModelConfig, OodNet};
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,7 @@ const NOISE_STREAM: u64 = 2;
 const AUGMENT_STREAM: u64 = 3;
 const NEGATIVE_STREAM: u64 = 4;
 const PEN_STREAM: u64 = 5;
+const PAIR_STREAM: u64 = 6;
 
 /// Outlier exposure: scribbles (`ood_data::negatives`) beside every batch, whose energy is
 /// pushed above a margin while the known digits' is pushed below another
@@ -123,6 +126,13 @@ pub struct TrainConfig {
     /// teacher (and what older checkpoints say).
     #[serde(default)]
     pub distill: Option<Distillation>,
+    /// Pen pairs, by the weight of their term: each digit (after the warp, before the pens)
+    /// also passes redrawn by the page's canvas pen, at a random level and radius from the pen
+    /// configuration's canvas ranges, and its logits are pulled onto the digit's
+    /// ([`ood_losses::logit_pairing`]), so that a drawn digit's energy follows MNIST's.
+    /// `None`: no pairs (and what older checkpoints say).
+    #[serde(default)]
+    pub pen_pairs: Option<f64>,
 }
 
 impl TrainConfig {
@@ -152,6 +162,7 @@ impl TrainConfig {
             ema_decay: None,
             outlier_exposure: None,
             distill: None,
+            pen_pairs: None,
         })
     }
 
@@ -223,6 +234,9 @@ pub struct EpochMetrics {
     /// The distillation term (0 without a teacher).
     #[serde(default)]
     pub distillation: f64,
+    /// The pen pairs' logit-pairing term (0 without them).
+    #[serde(default)]
+    pub pen_pairing: f64,
     pub train_accuracy: f64,
     pub val_accuracy: f64,
     pub seconds: f64,
@@ -377,10 +391,14 @@ pub fn train_with_teacher(
             let batch = Batch::new(made.pixels, made.class_indices, (side, side), device)?;
             let n = batch.class_indices.len();
             let lr = schedule.at(opt.step);
-            // One trunk pass over the clean batch, its noised copy (for the decoder) and the
-            // scribbles (for outlier exposure), in that order.
+            // One trunk pass over the clean batch, its noised copy (for the decoder), its pen
+            // pairs and the scribbles (for outlier exposure), in that order.
             let noised = match made.noised {
                 Some(noised) => Some(Tensor::from_vec(noised, (n, 1, side, side), device)?),
+                None => None,
+            };
+            let pairs = match made.pairs {
+                Some(pairs) => Some(Tensor::from_vec(pairs, (n, 1, side, side), device)?),
                 None => None,
             };
             let negatives = match (&config.outlier_exposure, made.scribbles) {
@@ -392,6 +410,7 @@ pub fn train_with_teacher(
             };
             let mut parts = vec![&batch.images];
             parts.extend(noised.as_ref());
+            parts.extend(pairs.as_ref());
             parts.extend(negatives.as_ref().map(|(_, images)| images));
             let features = match parts.as_slice() {
                 [only] => net.features(only, true)?,
@@ -420,6 +439,17 @@ pub fn train_with_teacher(
                 }
                 None => (terms.total.clone(), 0.0),
             };
+            let (loss, paired) = match (config.pen_pairs, &pairs) {
+                (Some(weight), Some(_)) => {
+                    let first = if recon.is_some() { 2 * n } else { n };
+                    let pair_logits =
+                        net.classify(&OodNet::pool(&features.narrow(0, first, n)?)?)?;
+                    let term = logit_pairing(&pair_logits, &logits)?;
+                    let value = term.to_scalar::<f32>()? as f64;
+                    ((loss + (term * weight)?)?, value)
+                }
+                _ => (loss, 0.0),
+            };
             let (loss, distilled) = match teacher {
                 Some((d, t)) => {
                     let term = distillation(&logits, &t.logits(&batch.images)?, d.temperature)?;
@@ -444,6 +474,7 @@ pub fn train_with_teacher(
             sums.add(&terms, &logits, &batch.class_indices, total)?;
             sums.exposure += exposure;
             sums.distilled += distilled;
+            sums.paired += paired;
             let ips = sums.images as f64 / started.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "loss {:.4} ce {:.4} focal {:.4} std {:.4} den {:.4} | {ips:.0} img/s",
@@ -487,6 +518,7 @@ pub fn train_with_teacher(
             denoising: sums.mean(sums.den),
             outlier_exposure: sums.mean(sums.exposure),
             distillation: sums.mean(sums.distilled),
+            pen_pairing: sums.mean(sums.paired),
             train_accuracy: sums.correct as f64 / sums.images.max(1) as f64,
             val_accuracy: accuracy(&val.predictions(), &val_targets),
             seconds: train_seconds,
@@ -535,6 +567,8 @@ struct MadeBatch {
     noised: Option<Vec<f32>>,
     /// Outlier exposure's scribbles (when it is on).
     scribbles: Option<Vec<f32>>,
+    /// The digits after the warp, redrawn by the canvas pen (with `pen_pairs`).
+    pairs: Option<Vec<f32>>,
 }
 
 /// Batch `b` of `order` as training step `step_index` sees it, each random effect drawn from
@@ -552,6 +586,18 @@ fn make_batch(
         let mut rng = stream_rng(config.seed, AUGMENT_STREAM, step_index);
         augment_batch(&mut pixels, side, augment, &mut rng);
     }
+    // The pairs are drawn from the warped digit, not from what the pens made of it.
+    let pairs = config.pen_pairs.map(|_| {
+        let canvas_only = PenConfig {
+            elastic: 0.0,
+            canvas: 1.0,
+            ..config.pen.unwrap_or_default()
+        };
+        let mut copy = pixels.clone();
+        let mut rng = stream_rng(config.seed, PAIR_STREAM, step_index);
+        restyle_batch(&mut copy, side, &canvas_only, &mut rng);
+        copy
+    });
     if let Some(pen) = &config.pen {
         let mut rng = stream_rng(config.seed, PEN_STREAM, step_index);
         restyle_batch(&mut pixels, side, pen, &mut rng);
@@ -571,6 +617,7 @@ fn make_batch(
         class_indices,
         noised,
         scribbles,
+        pairs,
     }
 }
 
@@ -658,6 +705,7 @@ struct Sums {
     den: f64,
     exposure: f64,
     distilled: f64,
+    paired: f64,
     batches: usize,
     images: usize,
     correct: usize,
