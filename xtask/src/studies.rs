@@ -27,9 +27,8 @@ pub struct StudyArgs {
     train_args: PassOn,
 }
 
-/// A second rule for a study's models (`--calibrate "FLAGS"`): every model calibrated again
-/// with these `ood calibrate` flags, into [`rule_folder`] beside its default calibration, and
-/// tabulated into `<study>-rule-<flags>.md`. The models are reused.
+/// The `--calibrate` option that `osr` and `sweep` share (its help says what it does); the
+/// folder it writes is [`rule_folder`]'s.
 #[derive(clap::Args, Debug, Default)]
 pub struct SecondRule {
     /// Tabulate another rule: every model calibrated again with these `ood calibrate` flags
