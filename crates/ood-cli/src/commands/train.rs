@@ -127,7 +127,7 @@ pub struct TrainArgs {
     /// Pen pairs: each digit also passes redrawn by the page's pen (a random level and width),
     /// and that copy's logits are pulled onto the digit's with this weight (e.g. 0.1), so that
     /// drawn digits look as familiar to the rule as MNIST's. An epoch takes about 1.7 times as
-    /// long (the redraws, and a third more images through the trunk).
+    /// long (the redraws, and half as many images again through the trunk).
     #[arg(long, value_name = "W")]
     pub pen_pairs: Option<f64>,
     /// Std of the Gaussian noise for the denoiser.
