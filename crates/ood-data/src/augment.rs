@@ -79,7 +79,11 @@ impl Affine {
 
 /// The value of a `side * side` image at (row `y`, column `x`), bilinearly interpolated and
 /// clamped to [0, 1]; black outside the image. The warp here and the pens' elastic distortion
-/// and redraw (`pen.rs`) all sample through it.
+/// and redraw (`pen.rs`) all sample through it. Inlined because the redraw calls it for every
+/// pixel of its 280x280 canvas: left to itself, the compiler stopped inlining it once the
+/// restyling's choices were drawn apart from their application, and the redraw got a third
+/// slower.
+#[inline]
 pub(crate) fn sample_bilinear(image: &[f32], side: usize, y: f32, x: f32) -> f32 {
     let at = |r: isize, c: isize| -> f32 {
         if r < 0 || c < 0 || r >= side as isize || c >= side as isize {

@@ -14,6 +14,7 @@
 use crate::augment::sample_bilinear;
 use crate::prepare::{prepare_mnist_style, LumaImage};
 use rand::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// How often each restyling is applied to a training image, and how strongly. Each
@@ -157,79 +158,126 @@ impl PenConfig {
 }
 
 /// Restyles every image of a batch in place, with independent draws per image.
+///
+/// The random choices are drawn image after image from `rng`, exactly as [`restyle`] draws
+/// them, and only then applied, in parallel: the result is the same as restyling the images
+/// one by one, on any number of threads, so seeded runs stay reproducible.
 pub fn restyle_batch(pixels: &mut [f32], side: usize, config: &PenConfig, rng: &mut impl Rng) {
-    for image in pixels.chunks_exact_mut(side * side) {
-        restyle(image, side, config, rng);
-    }
+    let choices: Vec<Restyling> = (0..pixels.len() / (side * side))
+        .map(|_| Restyling::draw(side, config, rng))
+        .collect();
+    pixels
+        .par_chunks_exact_mut(side * side)
+        .zip(choices)
+        .for_each(|(image, choice)| choice.apply(image, side, config));
 }
 
 /// Restyles one image in place (see [`PenConfig`]).
 pub fn restyle(image: &mut [f32], side: usize, config: &PenConfig, rng: &mut impl Rng) {
     assert_eq!(image.len(), side * side, "an image of side {side}");
-    let mut chance = |p: f32| p > 0.0 && rng.random::<f32>() < p;
-    let elastic_now = chance(config.elastic);
-    let canvas_now = chance(config.canvas);
-    let binarize_now = chance(config.binarize);
-    let blur_now = chance(config.blur_after_binarize);
-    let thicken_now = chance(config.thicken);
-    let thin_now = chance(config.thin);
-    if elastic_now {
-        let out = elastic(
-            image,
-            side,
-            config.elastic_max_shift,
-            config.elastic_sigma,
-            rng,
-        );
-        image.copy_from_slice(&out);
+    Restyling::draw(side, config, rng).apply(image, side, config);
+}
+
+/// Every random choice that [`restyle`] makes for one image. Drawing them apart from applying
+/// them lets [`restyle_batch`] draw in order from one stream and apply in parallel.
+struct Restyling {
+    /// The elastic distortion's raw fields (x, then y), before smoothing.
+    elastic: Option<(Vec<f32>, Vec<f32>)>,
+    /// The page's redraw; when set, it replaces every later effect.
+    canvas: Option<Canvas>,
+    /// The binarisation level, when binarised.
+    binarize_level: Option<f32>,
+    blur: bool,
+    thicken: bool,
+    thin: bool,
+}
+
+impl Restyling {
+    /// Draws the choices, in the order the restyling has always drawn them: the six coins,
+    /// then the elastic fields, the redraw's level and pen, or the binarisation level.
+    fn draw(side: usize, config: &PenConfig, rng: &mut impl Rng) -> Self {
+        let mut chance = |p: f32| p > 0.0 && rng.random::<f32>() < p;
+        let elastic_now = chance(config.elastic);
+        let canvas_now = chance(config.canvas);
+        let binarize_now = chance(config.binarize);
+        let blur = chance(config.blur_after_binarize);
+        let thicken = chance(config.thicken);
+        let thin = chance(config.thin);
+        let elastic = elastic_now.then(|| (raw_field(side, rng), raw_field(side, rng)));
+        let canvas = canvas_now.then(|| {
+            let (lo, hi) = config.canvas_levels;
+            let level = rng.random_range(lo.min(hi)..=hi.max(lo));
+            let (lo, hi) = config.canvas_pen_radius;
+            let pen_radius = rng.random_range(lo.min(hi)..=hi.max(lo));
+            Canvas {
+                scale: CANVAS_SCALE,
+                level,
+                pen_radius,
+            }
+        });
+        let binarize_level = (binarize_now && canvas.is_none()).then(|| {
+            let (lo, hi) = config.binarize_levels;
+            if hi > lo {
+                rng.random_range(lo..=hi)
+            } else {
+                lo
+            }
+        });
+        Self {
+            elastic,
+            canvas,
+            binarize_level,
+            blur,
+            thicken,
+            thin,
+        }
     }
-    if canvas_now {
-        let pen = Canvas {
-            scale: CANVAS_SCALE,
-            level: {
-                let (lo, hi) = config.canvas_levels;
-                rng.random_range(lo.min(hi)..=hi.max(lo))
-            },
-            pen_radius: {
-                let (lo, hi) = config.canvas_pen_radius;
-                rng.random_range(lo.min(hi)..=hi.max(lo))
-            },
-        };
-        if let Some(out) = redraw(image, side, &pen) {
+
+    /// Applies the choices to one image, in place.
+    fn apply(self, image: &mut [f32], side: usize, config: &PenConfig) {
+        if let Some((dx, dy)) = self.elastic {
+            let out = elastic_along(
+                image,
+                side,
+                config.elastic_max_shift,
+                config.elastic_sigma,
+                dx,
+                dy,
+            );
             image.copy_from_slice(&out);
         }
-        return;
-    }
-    let out = if binarize_now {
-        let (lo, hi) = config.binarize_levels;
-        let level = if hi > lo {
-            rng.random_range(lo..=hi)
-        } else {
-            lo
-        };
-        let hard = binarize(image, level);
-        if blur_now {
-            blur3(&hard, side)
-        } else {
-            hard
+        if let Some(pen) = self.canvas {
+            if let Some(out) = redraw(image, side, &pen) {
+                image.copy_from_slice(&out);
+            }
+            return;
         }
-    } else {
-        image.to_vec()
-    };
-    let out = if thicken_now {
-        dilate2(&out, side)
-    } else if thin_now {
-        // A stroke thinner than a pixel vanishes: keep the image as it was then.
-        let thinner = erode2(&out, side);
-        if thinner.iter().any(|&v| v > 0.5) {
-            thinner
+        let out = match self.binarize_level {
+            Some(level) => {
+                let hard = binarize(image, level);
+                if self.blur {
+                    blur3(&hard, side)
+                } else {
+                    hard
+                }
+            }
+            None => image.to_vec(),
+        };
+        let out = if self.thicken {
+            dilate2(&out, side)
+        } else if self.thin {
+            // A stroke thinner than a pixel vanishes: keep the image as it was then.
+            let thinner = erode2(&out, side);
+            if thinner.iter().any(|&v| v > 0.5) {
+                thinner
+            } else {
+                out
+            }
         } else {
             out
-        }
-    } else {
-        out
-    };
-    image.copy_from_slice(&out);
+        };
+        image.copy_from_slice(&out);
+    }
 }
 
 /// 1 where the pixel reaches `level`, else 0: the hard edges of a canvas stroke.
@@ -303,9 +351,29 @@ pub fn elastic(
     sigma: f32,
     rng: &mut impl Rng,
 ) -> Vec<f32> {
+    elastic_along(
+        image,
+        side,
+        max_shift,
+        sigma,
+        raw_field(side, rng),
+        raw_field(side, rng),
+    )
+}
+
+/// [`elastic`] along the raw fields `raw_dx` and `raw_dy` (uniform in [-1, 1] per pixel, as
+/// [`raw_field`] draws them), which it smooths and scales.
+fn elastic_along(
+    image: &[f32],
+    side: usize,
+    max_shift: f32,
+    sigma: f32,
+    raw_dx: Vec<f32>,
+    raw_dy: Vec<f32>,
+) -> Vec<f32> {
     assert_eq!(image.len(), side * side, "an image of side {side}");
-    let mut dx = random_field(side, sigma, rng);
-    let mut dy = random_field(side, sigma, rng);
+    let mut dx = gaussian_smooth(&raw_dx, side, sigma);
+    let mut dy = gaussian_smooth(&raw_dy, side, sigma);
     let largest = dx
         .iter()
         .chain(&dy)
@@ -323,12 +391,11 @@ pub fn elastic(
     out
 }
 
-/// Uniform noise in [-1, 1] per pixel, smoothed by a Gaussian of std `sigma`.
-fn random_field(side: usize, sigma: f32, rng: &mut impl Rng) -> Vec<f32> {
-    let raw: Vec<f32> = (0..side * side)
+/// Uniform noise in [-1, 1] per pixel: an elastic field before it is smoothed.
+fn raw_field(side: usize, rng: &mut impl Rng) -> Vec<f32> {
+    (0..side * side)
         .map(|_| rng.random_range(-1.0f32..=1.0))
-        .collect();
-    gaussian_smooth(&raw, side, sigma)
+        .collect()
 }
 
 /// A separable Gaussian blur of std `sigma` (the kernel cut at 3 sigma, edges clamped).
@@ -733,6 +800,53 @@ mod tests {
         // No shift at all: the image is unchanged.
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         assert_eq!(elastic(&b, 28, 0.0, 4.0, &mut rng), b);
+    }
+
+    #[test]
+    fn a_batch_is_restyled_as_its_images_one_by_one() {
+        // The batch draws every choice first and applies them in parallel; that must give
+        // what restyling image after image from the same stream gives, on any thread count.
+        let images: Vec<f32> = (0..24).flat_map(|w| bar(1 + w % 4)).collect();
+        let config = PenConfig {
+            elastic: 0.5,
+            canvas: 0.4,
+            binarize: 0.5,
+            ..PenConfig::default()
+        };
+        let mut batch = images.clone();
+        restyle_batch(
+            &mut batch,
+            28,
+            &config,
+            &mut rand::rngs::StdRng::seed_from_u64(5),
+        );
+        let mut one_by_one = images.clone();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for image in one_by_one.chunks_exact_mut(28 * 28) {
+            restyle(image, 28, &config, &mut rng);
+        }
+        assert_eq!(batch, one_by_one);
+        // Each effect fired somewhere, so the comparison covers them all.
+        let changed = batch
+            .chunks_exact(28 * 28)
+            .zip(images.chunks_exact(28 * 28))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(changed >= 12, "only {changed} of 24 images restyled");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let mut on_three = images.clone();
+        pool.install(|| {
+            restyle_batch(
+                &mut on_three,
+                28,
+                &config,
+                &mut rand::rngs::StdRng::seed_from_u64(5),
+            )
+        });
+        assert_eq!(on_three, batch);
     }
 
     #[test]

@@ -410,6 +410,8 @@ pub fn train_with_teacher(
             };
             let mut parts = vec![&batch.images];
             parts.extend(noised.as_ref());
+            // The pairs' first row in the pass: after the batch and its noised copy.
+            let pairs_first = parts.len() * n;
             parts.extend(pairs.as_ref());
             parts.extend(negatives.as_ref().map(|(_, images)| images));
             let features = match parts.as_slice() {
@@ -439,16 +441,16 @@ pub fn train_with_teacher(
                 }
                 None => (terms.total.clone(), 0.0),
             };
-            let (loss, paired) = match (config.pen_pairs, &pairs) {
-                (Some(weight), Some(_)) => {
-                    let first = if recon.is_some() { 2 * n } else { n };
+            // `make_batch` makes the pairs exactly when `pen_pairs` is set.
+            let (loss, paired) = match config.pen_pairs {
+                Some(weight) => {
                     let pair_logits =
-                        net.classify(&OodNet::pool(&features.narrow(0, first, n)?)?)?;
+                        net.classify(&OodNet::pool(&features.narrow(0, pairs_first, n)?)?)?;
                     let term = logit_pairing(&pair_logits, &logits)?;
                     let value = term.to_scalar::<f32>()? as f64;
                     ((loss + (term * weight)?)?, value)
                 }
-                _ => (loss, 0.0),
+                None => (loss, 0.0),
             };
             let (loss, distilled) = match teacher {
                 Some((d, t)) => {
