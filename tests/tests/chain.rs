@@ -296,6 +296,8 @@ fn train_calibrate_evaluate_writes_every_file() {
         "last",
         "--knn-bank",
         "60",
+        "--p-values",
+        "smooth",
         "--out",
         fpens.to_str().unwrap(),
     ]);
@@ -305,6 +307,12 @@ fn train_calibrate_evaluate_writes_every_file() {
     assert_eq!(rule.features, ood_eval::FeatureDepth::Last);
     assert_eq!(rule.n_restyled, 300);
     assert!(fpens_cal.config.fit_pens);
+    // `--p-values smooth` is stored, and the threshold still accepts the asked fraction of
+    // held-out digits (they sit on the references' steps, where smooth equals the step).
+    assert_eq!(fpens_cal.config.p_values, ood_calibrate::PValues::Smooth);
+    assert_eq!(rule.score.p_values(), ood_calibrate::PValues::Smooth);
+    assert_eq!(led_cal.config.p_values, ood_calibrate::PValues::Step);
+    assert!(rule.held_out_accepted >= 0.99, "{}", rule.held_out_accepted);
     // `--knn-bank` keeps that many rows in the KNN member (the default, 10,000, would keep
     // every one of the fitted images here).
     let bank = |cal: &ood_eval::Calibration| {
@@ -326,7 +334,8 @@ fn train_calibrate_evaluate_writes_every_file() {
     let said = fpens_cal.describe();
     assert!(
         said.contains("the feature members' references also hold each restyled")
-            && said.contains("the feature members fitted on training digits in other pens too"),
+            && said.contains("the feature members fitted on training digits in other pens too")
+            && said.contains("; smooth p]"),
         "{said}"
     );
     assert_eq!(

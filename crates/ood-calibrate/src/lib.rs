@@ -80,7 +80,7 @@ pub use detectors::{
     Msp, Reconstruction, Samples, TemperatureMsp,
 };
 pub use oscr::{oscr, oscr_curve, OscrPoint};
-pub use pvalue::{Combine, Explained, Member, PValueCombination, Reference};
+pub use pvalue::{Combine, Explained, Member, PValueCombination, PValues, Reference};
 pub use roc::{
     aupr_in, aupr_out, auroc, detection_rate_at_id_acceptance, fpr_at_95_tpr, fpr_at_tpr,
     ood_metrics, roc_curve, OodMetrics, RocPoint,

@@ -27,14 +27,64 @@ use crate::detectors::{
 use crate::{check_finite, CalibrateError, Result};
 use serde::{Deserialize, Serialize};
 
+/// How a score between two held-out scores, or beyond the last, gets its p-value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PValues {
+    /// The conformal p-value as defined above: a step at each held-out score, so every score
+    /// between two neighbours shares one p-value, and every score beyond the last held-out
+    /// one shares the floor `1 / (n + 1)`. Calibrations made before the choice read as this.
+    #[default]
+    Step,
+    /// The count `#{r_i >= s}` interpolated linearly between neighbouring held-out scores,
+    /// and beyond the last one continued by an exponential tail fitted to the top of the
+    /// held-out scores ([`Reference::smoothed`]). Equal to the step at every held-out score
+    /// and never below it (so still a valid p-value), but strictly falling with the score:
+    /// a ranking by it breaks no ties, where the step ties every sample beyond the last
+    /// held-out digit, unknown digit and known digit alike.
+    Smooth,
+}
+
+impl PValues {
+    /// Every choice, by its name on the command line.
+    pub const ALL: [PValues; 2] = [PValues::Step, PValues::Smooth];
+
+    /// The name `--p-values` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            PValues::Step => "step",
+            PValues::Smooth => "smooth",
+        }
+    }
+
+    fn is_step(&self) -> bool {
+        *self == PValues::Step
+    }
+}
+
+impl std::str::FromStr for PValues {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown p-values {s:?}: use step or smooth"))
+    }
+}
+
 /// The held-out in-distribution scores of one detector, sorted increasingly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reference {
     sorted: Vec<f64>,
+    /// [`PValues::Smooth`]'s tail: the mean excess of the top held-out scores (`None`: the
+    /// step, as in calibrations made before the choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tail_scale: Option<f64>,
 }
 
 impl Reference {
-    /// From held-out in-distribution scores (non-empty, finite).
+    /// From held-out in-distribution scores (non-empty, finite), with [`PValues::Step`].
     pub fn new(scores: &[f64]) -> Result<Self> {
         if scores.is_empty() {
             return Err(CalibrateError::Empty { what: "reference" });
@@ -42,7 +92,41 @@ impl Reference {
         check_finite("reference", scores)?;
         let mut sorted = scores.to_vec();
         sorted.sort_by(f64::total_cmp);
-        Ok(Self { sorted })
+        Ok(Self {
+            sorted,
+            tail_scale: None,
+        })
+    }
+
+    /// The same scores with [`PValues::Smooth`]. Beyond the largest held-out score `r_max`
+    /// the count `#{r_i >= s}` continues as `exp(-(s - r_max) / b)`, an exponential tail
+    /// whose scale `b` is the mean excess of the top 1% of held-out scores (at least 10 of
+    /// them) over the next one: the peaks-over-threshold estimate, fitted on held-out
+    /// in-distribution scores alone.
+    pub fn smoothed(mut self) -> Self {
+        let n = self.sorted.len();
+        let top = (n / 100).max(10).min(n - 1);
+        let scale = if top == 0 {
+            0.0
+        } else {
+            let base = self.sorted[n - 1 - top];
+            self.sorted[n - top..].iter().map(|r| r - base).sum::<f64>() / top as f64
+        };
+        // All top scores equal (or one score): any positive scale keeps the order.
+        self.tail_scale = Some(if scale > 0.0 && scale.is_finite() {
+            scale
+        } else {
+            1.0
+        });
+        self
+    }
+
+    /// The scores with `p_values`' p-value.
+    pub fn with_p_values(self, p_values: PValues) -> Self {
+        match p_values {
+            PValues::Step => self,
+            PValues::Smooth => self.smoothed(),
+        }
     }
 
     /// The number of held-out scores.
@@ -55,11 +139,31 @@ impl Reference {
         self.sorted.is_empty()
     }
 
-    /// `(1 + #{r >= score}) / (n + 1)`, in `[1 / (n + 1), 1]`.
+    /// `(1 + #{r >= score}) / (n + 1)`, in `[1 / (n + 1), 1]`; under [`PValues::Smooth`]
+    /// the count is interpolated (see there), in `(1 / (n + 1), 1]`.
     pub fn p_value(&self, score: f64) -> f64 {
+        let n = self.sorted.len();
         let below = self.sorted.partition_point(|&r| r < score);
-        let at_or_above = self.sorted.len() - below;
-        (1 + at_or_above) as f64 / (self.sorted.len() + 1) as f64
+        let mut at_or_above = (n - below) as f64;
+        if let Some(scale) = self.tail_scale {
+            at_or_above += self.share_of_next(below, score, scale);
+        }
+        (1.0 + at_or_above) / (n + 1) as f64
+    }
+
+    /// How much of the held-out score just below `score` (the `below`-th) still counts as at
+    /// or above it: 1 at that score, falling linearly to 0 at the next one, and beyond the
+    /// last one, the exponential tail. 0 at a held-out score and below the first.
+    fn share_of_next(&self, below: usize, score: f64, scale: f64) -> f64 {
+        let n = self.sorted.len();
+        if below == 0 || self.sorted.get(below) == Some(&score) {
+            return 0.0;
+        }
+        let last_below = self.sorted[below - 1];
+        match self.sorted.get(below) {
+            Some(&next) => (next - score) / (next - last_below),
+            None => (-(score - self.sorted[n - 1]) / scale).exp(),
+        }
     }
 }
 
@@ -190,6 +294,10 @@ pub struct PValueCombination {
     /// One per member, mean 1 (`None`: equal shares).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     budget: Option<Vec<f64>>,
+    /// How each member's p-value reads its reference ([`PValues::Step`] in calibrations
+    /// made before the choice).
+    #[serde(default, skip_serializing_if = "PValues::is_step")]
+    p_values: PValues,
     /// One per member, after [`PValueCombination::fit_reference`].
     references: Option<Vec<Reference>>,
 }
@@ -201,8 +309,31 @@ impl PValueCombination {
             members,
             combine,
             budget: None,
+            p_values: PValues::Step,
             references: None,
         }
+    }
+
+    /// The combination with `p_values`' p-values (the references, when fitted, follow).
+    pub fn with_p_values(mut self, p_values: PValues) -> Self {
+        self.p_values = p_values;
+        self.references = self.references.map(|refs| {
+            refs.into_iter()
+                .map(|r| {
+                    Reference {
+                        tail_scale: None,
+                        ..r
+                    }
+                    .with_p_values(p_values)
+                })
+                .collect()
+        });
+        self
+    }
+
+    /// How the members' p-values read their references.
+    pub fn p_values(&self) -> PValues {
+        self.p_values
     }
 
     /// Min-p with member `i` given the share `shares[i] / Σ shares` of the budget (see the
@@ -307,7 +438,7 @@ impl PValueCombination {
                 if let Some(extra) = extra.filter(|_| widen(m)) {
                     scores.extend(m.detector().score(extra)?);
                 }
-                Reference::new(&scores)
+                Ok(Reference::new(&scores)?.with_p_values(self.p_values))
             })
             .collect::<Result<_>>()?;
         self.references = Some(references);
@@ -367,7 +498,15 @@ impl Detector for PValueCombination {
             }
             None => String::new(),
         };
-        format!("{}[{}{budget}]", self.combine.name(), names.join("+"))
+        let smooth = match self.p_values {
+            PValues::Step => "",
+            PValues::Smooth => "; smooth p",
+        };
+        format!(
+            "{}[{}{budget}{smooth}]",
+            self.combine.name(),
+            names.join("+")
+        )
     }
 
     /// Fits every member on the in-distribution training samples. The references come from
@@ -451,6 +590,90 @@ mod tests {
         assert_eq!(r.p_value(9.0), 1.0 / 5.0); // beyond every held-out score
         assert!(Reference::new(&[]).is_err());
         assert!(Reference::new(&[1.0, f64::NAN]).is_err());
+    }
+
+    #[test]
+    fn smooth_p_values_by_hand() {
+        // Held out 1, 2, 2, 3 (n = 4) and the tail: n / 100 < 10, so the top 3 over the
+        // next one (1): excesses 1, 1, 2, mean 4 / 3.
+        let step = Reference::new(&[2.0, 1.0, 3.0, 2.0]).unwrap();
+        let r = step.clone().smoothed();
+        assert_eq!(r.tail_scale, Some(4.0 / 3.0));
+        // At a held-out score, and below the first, the step's value.
+        for s in [0.0, 1.0, 2.0, 3.0] {
+            assert_eq!(r.p_value(s), step.p_value(s), "at {s}");
+        }
+        // Halfway from 2 to 3: #{r >= s} = 1 (the 3) + half of the step from 2 to 3.
+        assert!((r.p_value(2.5) - 2.5 / 5.0).abs() < 1e-12);
+        // A quarter of the way from 1 to 2: 2 (the twos) + 1 (the 3) + 0.75.
+        assert!((r.p_value(1.25) - 4.75 / 5.0).abs() < 1e-12);
+        // Beyond the last: 1 + exp(-(s - 3) / (4 / 3)), falling towards the floor 1 / 5.
+        assert!((r.p_value(3.0 + 4.0 / 3.0) - (1.0 + (-1f64).exp()) / 5.0).abs() < 1e-12);
+        assert!(r.p_value(1e9) > 0.0 && (r.p_value(1e9) - 0.2).abs() < 1e-12);
+        // Never below the step, and strictly falling where the step is flat.
+        let grid: Vec<f64> = (0..=80).map(|i| 0.5 + 0.05 * i as f64).collect();
+        for w in grid.windows(2) {
+            assert!(r.p_value(w[0]) >= step.p_value(w[0]));
+            if w[0] >= 1.0 {
+                assert!(r.p_value(w[1]) < r.p_value(w[0]), "{w:?}");
+            }
+        }
+        // One score, or equal top scores: the scale falls back to 1.
+        assert_eq!(
+            Reference::new(&[5.0]).unwrap().smoothed().tail_scale,
+            Some(1.0)
+        );
+        let flat = Reference::new(&[5.0, 5.0, 5.0, 5.0]).unwrap().smoothed();
+        assert_eq!(flat.tail_scale, Some(1.0));
+        assert!((flat.p_value(6.0) - (1.0 + (-1f64).exp()) / 5.0).abs() < 1e-12);
+        assert_eq!(r.clone().with_p_values(PValues::Step), r);
+        assert_eq!(step.clone().with_p_values(PValues::Smooth), r);
+    }
+
+    #[test]
+    fn a_smooth_combination_breaks_the_ties_beyond_the_last_held_out_score() {
+        let mut c = PValueCombination::new(vec![Member::MaxLogit(MaxLogit)], Combine::MinP);
+        c.fit(&samples(&[1.0, 0.0]), &[0]).unwrap();
+        // Held out: max logits 4, 3, 2, 1 (MaxLogit scores -4..-1).
+        c.fit_reference(&samples(&[4.0, 0.0, 3.0, 0.0, 2.0, 0.0, 1.0, 0.0]))
+            .unwrap();
+        // Max logits 0.5 and 0: both beyond every held-out score.
+        let beyond = samples(&[0.5, 0.0, 0.0, 0.0]);
+        let tied = c.score(&beyond).unwrap();
+        assert_eq!(tied[0], tied[1]);
+        let held = c.score(&samples(&[4.0, 0.0, 2.0, 0.0])).unwrap();
+        let smooth = c.clone().with_p_values(PValues::Smooth);
+        assert_eq!(smooth.p_values(), PValues::Smooth);
+        assert_eq!(smooth.name(), "MinP[MaxLogit; smooth p]");
+        let s = smooth.score(&beyond).unwrap();
+        assert!(s[1] > s[0], "the farther sample scores higher: {s:?}");
+        assert!(
+            s[0] <= tied[0] && s[1] <= tied[1],
+            "never above the step's score"
+        );
+        // The held-out digits themselves keep their scores, so a threshold set on them holds.
+        assert_eq!(smooth.score(&samples(&[4.0, 0.0, 2.0, 0.0])).unwrap(), held);
+        // Fitted references after the choice are smoothed too, and the choice round-trips;
+        // a file without it (before it existed) reads as the step.
+        let mut refit = PValueCombination::new(vec![Member::MaxLogit(MaxLogit)], Combine::MinP)
+            .with_p_values(PValues::Smooth);
+        refit.fit(&samples(&[1.0, 0.0]), &[0]).unwrap();
+        refit
+            .fit_reference(&samples(&[4.0, 0.0, 3.0, 0.0, 2.0, 0.0, 1.0, 0.0]))
+            .unwrap();
+        assert_eq!(refit, smooth);
+        let json = serde_json::to_string(&smooth).unwrap();
+        let back: PValueCombination = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, smooth);
+        let old = serde_json::to_string(&c).unwrap();
+        assert!(
+            !old.contains("p_values") && !old.contains("tail_scale"),
+            "{old}"
+        );
+        let back: PValueCombination = serde_json::from_str(&old).unwrap();
+        assert_eq!(back.p_values(), PValues::Step);
+        assert_eq!("smooth".parse::<PValues>(), Ok(PValues::Smooth));
+        assert!("linear".parse::<PValues>().is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::{EvalError, Result};
 use candle_core::Device;
 use ood_calibrate::{
     auroc, roc_curve, threshold_at_id_acceptance, CombinedRule, DetectionStats, Detector,
-    Explained, PValueCombination, RocPoint, Threshold, ThresholdRule,
+    Explained, PValueCombination, PValues, RocPoint, Threshold, ThresholdRule,
 };
 use ood_data::batch::{stream_rng, to_unit_f32};
 use ood_data::noise::{corrupt_batch, OodTransform};
@@ -175,6 +175,11 @@ pub struct CalibrationConfig {
     /// option): its neighbour search is a quarter of the served model's time at 10,000.
     #[serde(default = "default_knn_bank")]
     pub knn_bank: usize,
+    /// How the rule's members read their references: the conformal step, or smoothed so
+    /// that the score ranks samples beyond the last held-out digit instead of tying them
+    /// (the step in calibrations made before the option).
+    #[serde(default)]
+    pub p_values: PValues,
 }
 
 /// Which references of the acceptance rule hold the held-out digits restyled by another pen
@@ -296,6 +301,7 @@ impl Default for CalibrationConfig {
             features: crate::scoring::default_feature_depth(),
             fit_pens: false,
             knn_bank: default_knn_bank(),
+            p_values: PValues::Step,
         }
     }
 }
@@ -368,6 +374,7 @@ impl AcceptRule {
     pub fn fit(
         score: AcceptScore,
         knn_bank: usize,
+        p_values: PValues,
         features: FeatureDepth,
         fit: &ScoredSet,
         fit_labels: &[usize],
@@ -404,7 +411,9 @@ impl AcceptRule {
                 pens.name()
             )));
         }
-        let mut score = score.combination_with_bank(knn_bank);
+        let mut score = score
+            .combination_with_bank(knn_bank)
+            .with_p_values(p_values);
         score.fit(&fit.samples(features)?, fit_labels)?;
         // The threshold's references: the held-out digits, with their restyled copies
         // (a copy of the set, made only then) when every member is referenced to them.
@@ -768,6 +777,7 @@ pub fn calibrate(
     let accept_rule = AcceptRule::fit(
         config.score,
         config.knn_bank,
+        config.p_values,
         config.features,
         &fit_set,
         &fit_labels,
@@ -911,6 +921,19 @@ mod tests {
         config.as_object_mut().unwrap().remove("knn_bank");
         let old: CalibrationConfig = serde_json::from_value(config).unwrap();
         assert_eq!(old.knn_bank, KNN_BANK);
+    }
+
+    #[test]
+    fn a_configuration_that_names_no_p_values_kept_the_step() {
+        let mut config = serde_json::to_value(CalibrationConfig {
+            p_values: PValues::Smooth,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config["p_values"], "smooth");
+        config.as_object_mut().unwrap().remove("p_values");
+        let old: CalibrationConfig = serde_json::from_value(config).unwrap();
+        assert_eq!(old.p_values, PValues::Step);
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub struct CalibrateArgs {
     /// is a noisier neighbourhood.
     #[arg(long, value_name = "N", default_value_t = ood_eval::KNN_BANK)]
     pub knn_bank: usize,
+    /// How the score's members read their held-out references: `step` (the conformal
+    /// p-value: every sample beyond the last held-out digit ties at its floor) or `smooth`
+    /// (interpolated between held-out scores and continued by an exponential tail beyond
+    /// them, so that a ranking breaks those ties; the decision at the threshold barely moves).
+    #[arg(long, value_name = "HOW", default_value = "step")]
+    pub p_values: ood_calibrate::PValues,
     /// The features the score's feature members (Mahalanobis, KNN) read: `all-stages` (every
     /// stage's pooled features side by side) or `last` (the last stage's, which the
     /// classifier reads).
@@ -130,6 +136,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         features: args.features,
         fit_pens: args.fit_pens,
         knn_bank: args.knn_bank,
+        p_values: args.p_values,
         ..Default::default()
     };
     let (calibration, set) = ood_eval::calibrate(
