@@ -124,7 +124,10 @@ impl Reference {
     /// The scores with `p_values`' p-value.
     pub fn with_p_values(self, p_values: PValues) -> Self {
         match p_values {
-            PValues::Step => self,
+            PValues::Step => Self {
+                tail_scale: None,
+                ..self
+            },
             PValues::Smooth => self.smoothed(),
         }
     }
@@ -151,7 +154,7 @@ impl Reference {
         (1.0 + at_or_above) / (n + 1) as f64
     }
 
-    /// How much of the held-out score just below `score` (the `below`-th) still counts as at
+    /// How much of the held-out score just below `score` (at `below - 1`) still counts as at
     /// or above it: 1 at that score, falling linearly to 0 at the next one, and beyond the
     /// last one, the exponential tail. 0 at a held-out score and below the first.
     fn share_of_next(&self, below: usize, score: f64, scale: f64) -> f64 {
@@ -319,13 +322,7 @@ impl PValueCombination {
         self.p_values = p_values;
         self.references = self.references.map(|refs| {
             refs.into_iter()
-                .map(|r| {
-                    Reference {
-                        tail_scale: None,
-                        ..r
-                    }
-                    .with_p_values(p_values)
-                })
+                .map(|r| r.with_p_values(p_values))
                 .collect()
         });
         self
@@ -626,8 +623,9 @@ mod tests {
         let flat = Reference::new(&[5.0, 5.0, 5.0, 5.0]).unwrap().smoothed();
         assert_eq!(flat.tail_scale, Some(1.0));
         assert!((flat.p_value(6.0) - (1.0 + (-1f64).exp()) / 5.0).abs() < 1e-12);
-        assert_eq!(r.clone().with_p_values(PValues::Step), r);
+        assert_eq!(r.clone().with_p_values(PValues::Step), step);
         assert_eq!(step.clone().with_p_values(PValues::Smooth), r);
+        assert_eq!(r.clone().with_p_values(PValues::Smooth), r);
     }
 
     #[test]
@@ -644,6 +642,7 @@ mod tests {
         let held = c.score(&samples(&[4.0, 0.0, 2.0, 0.0])).unwrap();
         let smooth = c.clone().with_p_values(PValues::Smooth);
         assert_eq!(smooth.p_values(), PValues::Smooth);
+        assert_eq!(smooth.clone().with_p_values(PValues::Step), c);
         assert_eq!(smooth.name(), "MinP[MaxLogit; smooth p]");
         let s = smooth.score(&beyond).unwrap();
         assert!(s[1] > s[0], "the farther sample scores higher: {s:?}");
